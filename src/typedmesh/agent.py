@@ -1,0 +1,235 @@
+"""Agent: an LLM-backed service with a typed contract, identity and scopes.
+
+An Agent is a Step. Its input is sent as JSON; its output must validate
+against its output model through the provider's JSON-schema mode. An output
+that fails is sent back with the validation errors (``output_retries``
+times), then ``OutputValidationError`` keeps every raw text and error. Tool
+calls go through the run context, which checks scopes and journals them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .contracts import AgentIdentity, Intent, Provenance
+from .errors import (
+    ConfigurationError,
+    OutputValidationError,
+    ToolDenied,
+    ToolError,
+    ToolLoopExceeded,
+)
+from .models import resolve_model
+from .models.base import Message, Model, ModelRequest, ToolCall
+from .provenance import carries_provenance, model_facing_schema, stamp
+from .runtime.context import RunContext
+from .runtime.retry import RetryPolicy
+from .step import Gate, Step
+from .tools import Tool
+
+__all__ = ["Agent"]
+
+In = TypeVar("In", bound=BaseModel)
+Out = TypeVar("Out", bound=BaseModel)
+
+
+class Agent(Step[In, Out]):
+    """A model-backed Step: ``Agent("bull", input=Task, output=Verdict, model=...)``.
+
+    ``model`` is a ``Model`` or a string such as ``"openai:gpt-4o-mini"``
+    (resolved on first use, so building a flow needs no SDK or key).
+    ``scopes`` are the permissions its tool calls may use; ``retry`` covers
+    transient model errors; ``max_tool_rounds`` caps the tool loop.
+    """
+
+    kind = "agent"
+
+    def __init__(self, name: str, *, input: type[In], output: type[Out], model: str | Model,
+                 instructions: str = "", version: str = "0.1.0", deployment: str = "local",
+                 tools: Iterable[Tool] = (), scopes: Iterable[str] = (),
+                 output_retries: int = 2, retry: RetryPolicy | None = None,
+                 max_tool_rounds: int = 10, temperature: float | None = None,
+                 max_tokens: int | None = None) -> None:
+        if output_retries < 0 or max_tool_rounds < 1:
+            raise ConfigurationError("output_retries must be >= 0 and max_tool_rounds >= 1")
+        for label, tp in (("input", input), ("output", output)):
+            if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+                raise ConfigurationError(f"agent {name!r}: {label} must be a pydantic model")
+        self.name = name
+        self.input_type = input
+        self.output_type = output
+        self.instructions = instructions
+        self.identity = AgentIdentity(name=name, version=version, deployment=deployment)
+        self.tools = {t.name: t for t in tools}
+        self.scopes = frozenset(scopes)
+        self.output_retries = output_retries
+        self.retry = retry or RetryPolicy()
+        self.max_tool_rounds = max_tool_rounds
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.model_spec = model
+        self._model: Model | None = None if isinstance(model, str) else model
+        self.output_schema = model_facing_schema(output)
+        self._stamps = carries_provenance(output)
+        self._tool_schemas = [t.schema for t in self.tools.values()]
+
+    @property
+    def description(self) -> str:
+        return self.instructions.strip().split("\n")[0]
+
+    @property
+    def model(self) -> Model:
+        """The resolved model (a string spec is resolved once, on first use)."""
+        if self._model is None:
+            self._model = resolve_model(self.model_spec)
+        return self._model
+
+    def with_model(self, model: str | Model) -> Agent[In, Out]:
+        """A copy of this agent served by another model (same contract and identity)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.model_spec = model
+        clone._model = None if isinstance(model, str) else model
+        return clone
+
+    def system_prompt(self, intent: Intent | None, notes: Sequence[str] = ()) -> str:
+        """The system message: identity, instructions, the user's intent, notes, format."""
+        parts = [f'You are the agent "{self.name}" (version {self.identity.version}).']
+        if self.instructions:
+            parts.append(self.instructions.strip())
+        if intent is not None:
+            parts.append(render_intent(intent))
+        parts.extend(n.strip() for n in notes if n)
+        parts.append(f"Answer with one JSON object matching the {self.output_type.__name__} "
+                     "schema, and nothing else.")
+        return "\n\n".join(parts)
+
+    async def invoke(self, input: In, ctx: RunContext) -> Out:
+        return await self._converse(input, ctx, None)
+
+    async def invoke_gated(self, input: In, ctx: RunContext, gate: Gate) -> Out:
+        return await self._converse(input, ctx, gate)
+
+    async def _converse(self, input: In, ctx: RunContext, gate: Gate | None) -> Out:
+        model = self.model
+        notes = [*ctx.notes, gate.guidance] if gate is not None else ctx.notes
+        input_json = input.model_dump_json()
+        messages = [Message(role="system", content=self.system_prompt(ctx.intent, notes)),
+                    Message(role="user", content=input_json)]
+        raw_outputs: list[str] = []
+        errors: list[list[str]] = []
+        gate_failures = 0
+        gate_cap = (gate.max_attempts if gate and gate.max_attempts else self.output_retries + 1)
+        tool_rounds = 0
+        tools_used: list[str] = []
+        while True:
+            request = ModelRequest(messages=list(messages), output_schema=self.output_schema,
+                                   output_name=self.output_type.__name__,
+                                   tools=self._tool_schemas, temperature=self.temperature,
+                                   max_tokens=self.max_tokens)
+            response = await ctx.call_model(model, request, retry=self.retry)
+            if response.tool_calls:
+                tool_rounds += 1
+                if tool_rounds > self.max_tool_rounds:
+                    raise ToolLoopExceeded(
+                        f"agent {self.name!r} asked for tools in more than "
+                        f"{self.max_tool_rounds} rounds")
+                messages.append(Message(role="assistant", content=response.content or "",
+                                        tool_calls=response.tool_calls))
+                for call in response.tool_calls:
+                    text = await self._answer(call, ctx, tools_used)
+                    messages.append(Message(role="tool", content=text, tool_call_id=call.id,
+                                            name=call.name))
+                continue
+            raw = response.content or ""
+            try:
+                output = self.output_type.model_validate_json(strip_fences(raw))
+            except ValidationError as exc:
+                problems = validation_messages(exc)
+                raw_outputs.append(raw)
+                errors.append(problems)
+                ctx.record("output.invalid", attempt=len(errors), errors=problems)
+                if len(errors) > self.output_retries:
+                    raise OutputValidationError(
+                        f"agent {self.name!r} gave invalid {self.output_type.__name__} output "
+                        f"{len(errors)} times; last errors: " + "; ".join(problems),
+                        agent=self.name, raw_outputs=raw_outputs, errors=errors) from exc
+                messages += _feedback(raw, "did not match the required schema", problems)
+                continue
+            if self._stamps:
+                stamp(output, Provenance(agent=self.identity, step_path=ctx.path,
+                                         run_id=ctx.run_id, model=response.model or model.name,
+                                         tool_calls=list(tools_used),
+                                         input_digest=_digest(input_json)))
+            if gate is not None:
+                problems = gate.check(output)
+                if problems:
+                    gate_failures += 1
+                    ctx.record("output.gate_failed", attempt=gate_failures, problems=problems)
+                    if gate_failures >= gate_cap:
+                        raise gate.error(f"agent {self.name!r} failed its gate "
+                                         f"{gate_failures} times", step=self.name,
+                                         problems=problems, output=output)
+                    messages += _feedback(raw, "is valid JSON but was rejected", problems)
+                    continue
+            return output
+
+    async def _answer(self, call: ToolCall, ctx: RunContext, tools_used: list[str]) -> str:
+        """Run one tool call; any refusal or failure is told to the model, not raised."""
+        tool = self.tools.get(call.name)
+        if tool is None:
+            ctx.record("tool.unknown", tool=call.name)
+            return (f"Error: there is no tool named {call.name!r}. "
+                    f"Available tools: {sorted(self.tools) or 'none'}.")
+        if call.arguments is None:
+            ctx.record("tool.invalid_arguments", tool=call.name, raw=call.raw_arguments)
+            return f"Error: the arguments must be a JSON object, got {call.raw_arguments!r}."
+        try:
+            result = await ctx.call_tool(tool, **call.arguments)
+        except ToolDenied as exc:
+            return (f"Error: not allowed. Tool {tool.name!r} needs scope(s) "
+                    f"{sorted(exc.missing)} that this agent does not hold. Do not retry it.")
+        except ToolError as exc:
+            return f"Error: {exc}"
+        tools_used.append(tool.name)
+        return tool.result_text(result)
+
+
+def render_intent(intent: Intent) -> str:
+    """The user's intent as a prompt section every agent and evaluator sees."""
+    lines = ["The user's intent (every answer must serve it):", f"- goal: {intent.goal}"]
+    lines += [f"- constraint: {c}" for c in intent.constraints]
+    lines += [f"- success criterion: {c}" for c in intent.success_criteria]
+    if intent.audience:
+        lines.append(f"- audience: {intent.audience}")
+    return "\n".join(lines)
+
+
+def strip_fences(text: str) -> str:
+    """Drop a Markdown code fence around JSON, which some models add anyway."""
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
+        if stripped.rstrip().endswith("```"):
+            stripped = stripped.rstrip()[:-3]
+    return stripped
+
+
+def validation_messages(exc: ValidationError) -> list[str]:
+    return [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+            for e in exc.errors(include_url=False)]
+
+
+def _feedback(raw: str, verdict: str, problems: list[str]) -> list[Message]:
+    listing = "\n".join(f"- {p}" for p in problems)
+    return [Message(role="assistant", content=raw),
+            Message(role="user", content=f"Your last answer {verdict}:\n{listing}\n"
+                    "Reply with a corrected JSON object only.")]
+
+
+def _digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,262 @@
+"""One error hierarchy for the whole framework.
+
+Every error typedmesh raises for a domain condition is a ``TypedMeshError``;
+catching that one class is enough to separate framework failures from bugs::
+
+    TypedMeshError
+    ├── UserError                 misuse found when a flow is built or configured
+    │   ├── ContractError         a handoff whose types cannot meet
+    │   ├── ConfigurationError    a bad argument (unknown model string, max_rounds < 1, ...)
+    │   └── MissingExtraError     an optional integration is not installed
+    ├── RunError                  a run failed; carries ``run_id`` and ``partial``
+    │   ├── InputValidationError  the run input does not fit the flow's input model
+    │   ├── OutputValidationError a model kept returning output that fails its contract
+    │   ├── GateError             an output passed its model but failed a framework gate
+    │   │   ├── ConflictsDropped  a merge dropped a detected conflict
+    │   │   └── PlanRejected      a planner kept returning an invalid plan
+    │   ├── ModelError            a model provider failed
+    │   │   └── TransientModelError   worth retrying (rate limit, 5xx, timeout)
+    │   ├── ScriptExhausted       a ScriptedModel was called more often than scripted
+    │   ├── ToolDenied            a tool call lacked a required scope
+    │   ├── ToolError             a tool was unknown, got bad arguments, or raised
+    │   ├── ToolLoopExceeded      an agent kept calling tools past its round cap
+    │   ├── BudgetExceeded        a hard budget would be crossed
+    │   ├── NonDeterminismError   a replayed request differs from the journal
+    │   ├── InDoubtError          a non-idempotent tool call may or may not have run
+    │   ├── StaleVersion          an optimistic-lock race was lost
+    │   └── AlreadyClaimed        a claim on a key is held by someone else
+    └── JournalError              storage and integrity of journals
+        ├── JournalCorrupt
+        ├── VersionMismatch
+        └── RunNotFound
+
+Errors carry fields, not only text, so callers can act on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AlreadyClaimed",
+    "BudgetExceeded",
+    "ConfigurationError",
+    "ConflictsDropped",
+    "ContractError",
+    "GateError",
+    "InDoubtError",
+    "InputValidationError",
+    "JournalCorrupt",
+    "JournalError",
+    "MissingExtraError",
+    "ModelError",
+    "NonDeterminismError",
+    "OutputValidationError",
+    "PlanRejected",
+    "RunError",
+    "RunNotFound",
+    "ScriptExhausted",
+    "StaleVersion",
+    "ToolDenied",
+    "ToolError",
+    "ToolLoopExceeded",
+    "TransientModelError",
+    "TypedMeshError",
+    "UserError",
+    "VersionMismatch",
+]
+
+
+class TypedMeshError(Exception):
+    """Root of every error typedmesh raises for a domain condition."""
+
+
+class UserError(TypedMeshError):
+    """Misuse that is found when a flow is built or configured, before any run."""
+
+
+class ContractError(UserError):
+    """Two steps whose contracts cannot meet.
+
+    ``problems`` lists each missing or mismatched field in words.
+    """
+
+    def __init__(self, message: str, *, source: str = "", target: str = "",
+                 problems: list[str] | None = None) -> None:
+        self.source = source
+        self.target = target
+        self.problems = list(problems or [])
+        detail = "".join(f"\n  - {p}" for p in self.problems)
+        super().__init__(message + detail)
+
+
+class ConfigurationError(UserError):
+    """A bad argument to a typedmesh API."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional integration was asked for but its extra is not installed."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        self.extra = extra
+        super().__init__(
+            f"{module} needs the '{extra}' extra: pip install \"typedmesh[{extra}]\""
+        )
+
+
+class RunError(TypedMeshError):
+    """A run failed.
+
+    ``run_id`` names the run and ``partial`` holds what it finished before the
+    failure (the trace, with each completed step's output), so nothing is lost.
+    """
+
+    run_id: str | None = None
+    partial: Any = None
+    step_path: str | None = None
+
+
+class InputValidationError(RunError):
+    """The run input does not fit the flow's input model; no model was called."""
+
+    def __init__(self, message: str, *, errors: list[Any]) -> None:
+        self.errors = errors
+        super().__init__(message)
+
+
+class OutputValidationError(RunError):
+    """A model's output kept failing its contract after every retry.
+
+    ``raw_outputs`` holds each raw text the model returned and ``errors`` the
+    validation errors of each attempt, in order.
+    """
+
+    def __init__(self, message: str, *, agent: str, raw_outputs: list[str],
+                 errors: list[list[str]]) -> None:
+        self.agent = agent
+        self.raw_outputs = raw_outputs
+        self.errors = errors
+        super().__init__(message)
+
+
+class GateError(RunError):
+    """An output that fits its model but fails a framework gate, after every retry."""
+
+    def __init__(self, message: str, *, step: str, problems: list[str],
+                 output: Any = None) -> None:
+        self.step = step
+        self.problems = problems
+        self.output = output
+        super().__init__(message + "".join(f"\n  - {p}" for p in problems))
+
+
+class ConflictsDropped(GateError):
+    """A merge step's output does not carry every conflict detected between branches."""
+
+
+class PlanRejected(GateError):
+    """A planner kept returning a plan that names unknown workers, bad inputs or cycles."""
+
+
+class ModelError(RunError):
+    """A model provider failed."""
+
+
+class TransientModelError(ModelError):
+    """A model failure that is worth retrying: rate limit, server error, timeout."""
+
+
+class ScriptExhausted(RunError):
+    """A ScriptedModel was called after every scripted response was used."""
+
+
+class ToolDenied(RunError):
+    """A tool call lacked a required scope; nothing ran."""
+
+    def __init__(self, tool: str, *, missing: set[str], step: str) -> None:
+        self.tool = tool
+        self.missing = frozenset(missing)
+        super().__init__(
+            f"tool {tool!r} denied for {step!r}: missing scope(s) {sorted(missing)}"
+        )
+
+
+class ToolError(RunError):
+    """A tool call that could not run (unknown tool, invalid arguments) or that raised."""
+
+    def __init__(self, message: str, *, tool: str) -> None:
+        self.tool = tool
+        super().__init__(message)
+
+
+class ToolLoopExceeded(RunError):
+    """An agent kept asking for tools past its ``max_tool_rounds``."""
+
+
+class BudgetExceeded(RunError):
+    """A model call would cross a hard budget; it was not made."""
+
+    def __init__(self, message: str, *, limit: str, value: float, spent: float) -> None:
+        self.limit = limit
+        self.value = value
+        self.spent = spent
+        super().__init__(message)
+
+
+class NonDeterminismError(RunError):
+    """A replayed request differs from the one recorded in the journal."""
+
+    def __init__(self, effect_key: str, *, expected: Any, actual: Any) -> None:
+        self.effect_key = effect_key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"non-deterministic effect {effect_key}: recorded {expected!r}, new {actual!r}"
+        )
+
+
+class InDoubtError(RunError):
+    """A non-idempotent tool call started but its result was never journaled."""
+
+    def __init__(self, effect_key: str, *, tool: str) -> None:
+        self.effect_key = effect_key
+        self.tool = tool
+        super().__init__(
+            f"tool call {effect_key} ({tool}) is in doubt: it may have run; "
+            "choose --retry-in-doubt or --skip-in-doubt"
+        )
+
+
+class StaleVersion(RunError):
+    """An optimistic-lock write lost its race: the stored version moved on."""
+
+    def __init__(self, key: str, *, expected: int, actual: int) -> None:
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"stale version for {key!r}: expected {expected}, found {actual}")
+
+
+class AlreadyClaimed(RunError):
+    """A claim on a key is already held by another owner."""
+
+    def __init__(self, key: str, *, owner: str) -> None:
+        self.key = key
+        self.owner = owner
+        super().__init__(f"{key!r} is already claimed by {owner!r}")
+
+
+class JournalError(TypedMeshError):
+    """A journal could not be read or written."""
+
+
+class JournalCorrupt(JournalError):
+    """A journal's contents fail their integrity checks."""
+
+
+class VersionMismatch(JournalError):
+    """A journal was written by a schema this version cannot read."""
+
+
+class RunNotFound(JournalError):
+    """No run with that id is in the journal."""

@@ -1,0 +1,73 @@
+"""Models: the protocol, providers resolved from strings, and offline doubles.
+
+``resolve_model("openai:gpt-4o-mini")`` imports the provider lazily, so
+``import typedmesh`` never pays for an SDK it does not use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+from ..errors import ConfigurationError, ModelError
+from .base import Message, Model, ModelRequest, ModelResponse, ToolCall, ToolSchema, Usage
+
+__all__ = [
+    "ALLOW_NETWORK",
+    "Message",
+    "Model",
+    "ModelRequest",
+    "ModelResponse",
+    "ToolCall",
+    "ToolSchema",
+    "Usage",
+    "check_network_allowed",
+    "resolve_model",
+]
+
+ALLOW_NETWORK: bool = os.environ.get("TYPEDMESH_ALLOW_NETWORK", "1") != "0"
+"""Kill switch for calls to non-loopback hosts; the test suite sets it to False."""
+
+
+def check_network_allowed(base_url: str | None) -> None:
+    """Refuse a call to a remote host while the kill switch is off.
+
+    Loopback servers (a local vLLM, the tests' fake provider) are always allowed.
+    """
+    if globals()["ALLOW_NETWORK"]:  # read live: tests patch the module attribute
+        return
+    host = urlparse(base_url).hostname if base_url else None
+    if host in {"127.0.0.1", "localhost", "::1"}:
+        return
+    raise ModelError(
+        f"network calls are disabled (typedmesh.models.ALLOW_NETWORK is False); "
+        f"refusing a call to {base_url or 'the default hosted endpoint'}"
+    )
+
+
+def resolve_model(model: str | Model, **options: Any) -> Model:
+    """Turn ``"provider:name"`` into a Model; pass a Model object through.
+
+    Providers: ``openai:NAME`` (any OpenAI-compatible server through
+    ``OPENAI_BASE_URL``), ``anthropic:NAME``, and ``schema`` / ``schema:SEED``
+    for the offline SchemaModel.
+    """
+    if not isinstance(model, str):
+        return model
+    provider, _, name = model.partition(":")
+    if provider == "openai" and name:
+        from .openai import OpenAIModel
+
+        return OpenAIModel(name, **options)
+    if provider == "anthropic" and name:
+        from .anthropic import AnthropicModel
+
+        return AnthropicModel(name, **options)
+    if provider == "schema":
+        from .offline import SchemaModel
+
+        return SchemaModel(seed=int(name) if name else 0)
+    raise ConfigurationError(
+        f"unknown model string {model!r}: use 'openai:NAME', 'anthropic:NAME' or 'schema[:SEED]'"
+    )

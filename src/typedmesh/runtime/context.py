@@ -1,0 +1,255 @@
+"""RunContext: the run's choke point, handed to every step.
+
+Every child step, model call, tool call, clock read and random draw passes
+through here, so there is exactly one place that traces, prices, budgets,
+checks scopes and (through ``Effects``) journals, resumes and replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from ..contracts import Intent
+from ..errors import (
+    ModelError,
+    RunError,
+    ToolDenied,
+    ToolError,
+    TransientModelError,
+    TypedMeshError,
+)
+from ..models.base import Model, ModelRequest, ModelResponse, Usage
+from ..models.pricing import cost_of
+from .budget import Budget
+from .effects import Effects, LiveEffects, random_draw, utc_now
+from .retry import NO_RETRY, RetryPolicy
+from .trace import TraceNode
+
+if TYPE_CHECKING:
+    from ..step import Gate, Step
+    from ..tools import Tool
+
+__all__ = ["RunContext"]
+
+Out = TypeVar("Out", bound=BaseModel)
+
+
+@dataclass(slots=True)
+class RunState:
+    """What all contexts of one run share."""
+
+    run_id: str
+    intent: Intent | None = None
+    budget: Budget | None = None
+    grant: frozenset[str] | None = None
+    effects: Effects = field(default_factory=LiveEffects)
+    usage: Usage = field(default_factory=Usage)
+
+
+class RunContext:
+    """The context of one step invocation: its path, trace node and effect counters."""
+
+    __slots__ = ("_children", "_counters", "_run", "idempotency_key", "node", "notes", "path",
+                 "step")
+
+    def __init__(self, run: RunState, path: str, node: TraceNode, step: Step[Any, Any] | None,
+                 *, idempotency_key: str | None = None, notes: tuple[str, ...] = ()) -> None:
+        self._run = run
+        self.path = path
+        self.node = node
+        self.step = step
+        self.idempotency_key = idempotency_key
+        """Set while a tool runs: stable across retries of the same call after a crash."""
+        self.notes = notes
+        """What the enclosing pattern tells this step (loop feedback, merge conflicts)."""
+        self._counters: dict[str, int] = {}
+        self._children: dict[str, int] = {}
+
+    @property
+    def run_id(self) -> str:
+        return self._run.run_id
+
+    @property
+    def intent(self) -> Intent | None:
+        return self._run.intent
+
+    @property
+    def usage(self) -> Usage:
+        """What the whole run has spent so far."""
+        return self._run.usage
+
+    def effect_key(self, kind: str) -> str:
+        """The next deterministic key for an effect of ``kind`` at this path."""
+        n = self._counters.get(kind, 0)
+        self._counters[kind] = n + 1
+        return f"{self.path}/{kind}#{n}"
+
+    def record(self, event: str, **data: Any) -> None:
+        """Note a boundary event on this step's trace node."""
+        data["event"] = event
+        self.node.events.append(data)
+
+    # -- child steps -------------------------------------------------------------
+
+    async def run(self, step: Step[Any, Out], input: BaseModel, *, label: str | None = None,
+                  gate: Gate | None = None, notes: tuple[str, ...] = ()) -> Out:
+        """Run a child step under this one, traced, at path ``self.path/label``.
+
+        ``gate`` checks its output beyond its model; ``notes`` are told to it
+        (an agent puts them in its system prompt).
+        """
+        label = label or step.name
+        seen = self._children.get(label, 0)
+        self._children[label] = seen + 1
+        if seen:
+            label = f"{label}~{seen + 1}"
+        path = f"{self.path}/{label}"
+        node = self.node.child(label, step.kind, path, step.identity)
+        child = RunContext(self._run, path, node, step, notes=notes)
+        return await invoke_traced(step, input, child, gate)
+
+    # -- models ------------------------------------------------------------------
+
+    async def call_model(self, model: Model, request: ModelRequest, *,
+                         retry: RetryPolicy = NO_RETRY) -> ModelResponse:
+        """Call a model: budget-checked, retried on transient errors, priced, traced."""
+        run = self._run
+        attempt = 0
+        while True:
+            attempt += 1
+            if run.budget is not None:
+                run.budget.check(run.usage)
+            key = self.effect_key("model")
+            try:
+                response: ModelResponse = await run.effects.perform(
+                    self, key, "model", request, lambda: _generate(model, request)
+                )
+            except Exception as exc:
+                if retry.should_retry(exc, attempt):
+                    delay = retry.delay(attempt)
+                    self.record("model.retry", key=key, attempt=attempt,
+                                error=f"{type(exc).__name__}: {exc}", delay_s=delay)
+                    await asyncio.sleep(delay)
+                    continue
+                raise
+            self._account(model, response)
+            return response
+
+    def _account(self, model: Model, response: ModelResponse) -> None:
+        usage = response.usage
+        name = response.model or model.name
+        usage.cost_usd = cost_of(name, usage.input_tokens, usage.output_tokens)
+        usage.model_calls = 1
+        for total in (self.node.usage, self._run.usage):
+            total.input_tokens += usage.input_tokens
+            total.output_tokens += usage.output_tokens
+            total.model_calls += 1
+            total.cost_usd += usage.cost_usd
+        if name not in self.node.models:
+            self.node.models.append(name)
+
+    # -- tools -------------------------------------------------------------------
+
+    def allowed_scopes(self) -> frozenset[str]:
+        """This step's scopes, narrowed by the run's grant when one was given."""
+        scopes = self.step.scopes if self.step is not None else frozenset()
+        grant = self._run.grant
+        return scopes if grant is None else scopes & grant
+
+    async def call_tool(self, tool: Tool, /, **arguments: Any) -> Any:
+        """Call a tool with scope check and argument validation; returns its result.
+
+        Raises ``ToolDenied`` (nothing ran) when a required scope is missing and
+        ``ToolError`` for invalid arguments or a tool that raised.
+        """
+        missing = tool.requires - self.allowed_scopes()
+        if missing:
+            self.record("tool.denied", tool=tool.name, missing=sorted(missing))
+            raise ToolDenied(tool.name, missing=set(missing), step=self.path)
+        try:
+            parsed = tool.parse_arguments(arguments)
+        except ValidationError as exc:
+            self.record("tool.invalid_arguments", tool=tool.name, errors=_errors(exc))
+            raise ToolError(f"invalid arguments for tool {tool.name!r}: "
+                            + "; ".join(_errors(exc)), tool=tool.name) from exc
+        key = self.effect_key("tool")
+        idempotency_key = hashlib.sha256(f"{self.run_id}:{key}".encode()).hexdigest()[:32]
+        tool_ctx = RunContext(self._run, key, self.node, self.step,
+                              idempotency_key=idempotency_key)
+        request = {"tool": tool.name, "arguments": parsed.model_dump(mode="json"),
+                   "idempotency_key": idempotency_key, "idempotent": tool.idempotent}
+
+        async def execute() -> Any:
+            try:
+                return tool.to_jsonable(await tool.execute(parsed, tool_ctx))
+            except TypedMeshError:
+                raise
+            except Exception as exc:
+                raise ToolError(f"tool {tool.name!r} raised {type(exc).__name__}: {exc}",
+                                tool=tool.name) from exc
+
+        try:
+            result = await self._run.effects.perform(self, key, "tool", request, execute)
+        except ToolError as exc:
+            self.record("tool.error", key=key, tool=tool.name, error=str(exc))
+            raise
+        self.record("tool.result", key=key, tool=tool.name)
+        self.node.usage.tool_calls += 1
+        self._run.usage.tool_calls += 1
+        return tool.from_jsonable(result)
+
+    # -- clock and randomness ----------------------------------------------------
+
+    def now(self) -> datetime:
+        """The current UTC time, as an effect: a replay sees the recorded time."""
+        value: datetime = self._run.effects.perform_sync(
+            self, self.effect_key("clock"), "clock", utc_now)
+        return value
+
+    def random(self) -> float:
+        """A uniform draw in [0, 1), as an effect: a replay sees the recorded draw."""
+        value: float = self._run.effects.perform_sync(
+            self, self.effect_key("random"), "random", random_draw)
+        return value
+
+
+async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
+    try:
+        return await model.generate(request)
+    except TypedMeshError:
+        raise
+    except TimeoutError as exc:
+        raise TransientModelError(f"model {model.name!r} timed out") from exc
+    except Exception as exc:
+        raise ModelError(f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def invoke_traced(step: Step[Any, Out], input: BaseModel, ctx: RunContext,
+                        gate: Gate | None) -> Out:
+    """Invoke ``step`` in ``ctx`` and close its trace node however it ends."""
+    node = ctx.node
+    try:
+        if gate is None:
+            output = await step.invoke(input, ctx)
+        else:
+            output = await step.invoke_gated(input, ctx, gate)
+    except asyncio.CancelledError:
+        node.finish("cancelled", error="cancelled")
+        raise
+    except BaseException as exc:
+        node.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, RunError) and exc.step_path is None:
+            exc.step_path = ctx.path
+        raise
+    node.finish("ok", output=output)
+    return output
+
+
+def _errors(exc: ValidationError) -> list[str]:
+    return [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
