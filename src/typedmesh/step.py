@@ -7,6 +7,7 @@ Step made of Steps, so patterns nest and the runtime has one thing to run.
 from __future__ import annotations
 
 import inspect
+import sys
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -103,12 +104,14 @@ class FunctionStep(Step[In, Out]):
     kind = "function"
 
     def __init__(self, fn: Callable[..., Any], *, name: str | None = None,
-                 version: str = "0.1.0", scopes: set[str] | frozenset[str] = frozenset()) -> None:
+                 version: str = "0.1.0", scopes: set[str] | frozenset[str] = frozenset(),
+                 localns: dict[str, Any] | None = None) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         self.identity = AgentIdentity(name=self.name, version=version)
         self.scopes = frozenset(scopes)
-        self.input_type, self.output_type, self._wants_ctx = _signature_types(fn, self.name)
+        self.input_type, self.output_type, self._wants_ctx = _signature_types(fn, self.name,
+                                                                            localns)
         self._is_async = inspect.iscoroutinefunction(fn)
 
     @property
@@ -123,10 +126,10 @@ class FunctionStep(Step[In, Out]):
         return self.output_type.model_validate(result)
 
 
-def _signature_types(fn: Callable[..., Any], name: str
+def _signature_types(fn: Callable[..., Any], name: str, localns: dict[str, Any] | None
                      ) -> tuple[type[Any], type[Any], bool]:
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, localns=localns)
     except Exception as exc:  # an unresolvable forward reference
         raise ContractError(f"step {name!r}: cannot resolve its type hints ({exc})") from exc
     params = list(inspect.signature(fn).parameters.values())
@@ -161,12 +164,15 @@ def step(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
 
     Use bare (``@tm.step``) or with options (``@tm.step(name="enrich")``).
     """
+    # the caller's locals resolve models defined inside a function body
+    localns = dict(sys._getframe(1).f_locals)
     if fn is not None:
         if not callable(fn):
             raise ConfigurationError("@step takes a function")
-        return FunctionStep(fn, name=name, version=version, scopes=scopes)
+        return FunctionStep(fn, name=name, version=version, scopes=scopes, localns=localns)
 
     def decorate(f: Callable[..., Any]) -> FunctionStep[Any, Any]:
-        return FunctionStep(f, name=name, version=version, scopes=scopes)
+        return FunctionStep(f, name=name, version=version, scopes=scopes,
+                            localns={**localns, **sys._getframe(1).f_locals})
 
     return decorate

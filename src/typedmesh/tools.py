@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, overload
@@ -31,7 +32,7 @@ class Tool:
 
     def __init__(self, fn: Callable[..., Any], *, name: str | None = None,
                  description: str | None = None, requires: set[str] | frozenset[str] = frozenset(),
-                 idempotent: bool = True) -> None:
+                 idempotent: bool = True, localns: dict[str, Any] | None = None) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         doc = inspect.getdoc(fn) or ""
@@ -39,8 +40,8 @@ class Tool:
         self.requires = frozenset(requires)
         self.idempotent = idempotent
         self._is_async = inspect.iscoroutinefunction(fn)
-        self.args_model, self._ctx_param = _arguments_model(fn, self.name)
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, localns=localns)
+        self.args_model, self._ctx_param = _arguments_model(fn, self.name, hints)
         self._result_adapter: TypeAdapter[Any] = TypeAdapter(hints.get("return", Any))
         self.schema = ToolSchema(name=self.name, description=self.description,
                                  parameters=self.args_model.model_json_schema())
@@ -81,10 +82,10 @@ class Tool:
         return f"<Tool {self.name!r} requires={sorted(self.requires)}>"
 
 
-def _arguments_model(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel], str | None]:
+def _arguments_model(fn: Callable[..., Any], name: str, hints: dict[str, Any]
+                     ) -> tuple[type[BaseModel], str | None]:
     from .runtime.context import RunContext
 
-    hints = typing.get_type_hints(fn)
     fields: dict[str, Any] = {}
     ctx_param: str | None = None
     for param in inspect.signature(fn).parameters.values():
@@ -114,12 +115,13 @@ def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
          description: str | None = None, requires: set[str] | frozenset[str] = frozenset(),
          idempotent: bool = True) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed function into a Tool; bare or with options."""
+    localns = dict(sys._getframe(1).f_locals)  # models defined in a function body
     if fn is not None:
         return Tool(fn, name=name, description=description, requires=requires,
-                    idempotent=idempotent)
+                    idempotent=idempotent, localns=localns)
 
     def decorate(f: Callable[..., Any]) -> Tool:
         return Tool(f, name=name, description=description, requires=requires,
-                    idempotent=idempotent)
+                    idempotent=idempotent, localns={**localns, **sys._getframe(1).f_locals})
 
     return decorate

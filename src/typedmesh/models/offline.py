@@ -1,0 +1,294 @@
+"""Offline models: scripted answers and schema-valid fakes, no network, no keys.
+
+``ScriptedModel`` plays back a script, so a test states exactly what "the
+model" says, tool calls and failures included. ``SchemaModel`` invents output
+that fits the requested schema, so a whole flow runs end to end in a demo or
+a property test. Both count tokens the same deterministic way, so budgets and
+usage reports behave as they would against a real provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, TypeAlias
+
+from pydantic import BaseModel
+from pydantic_core import to_json
+
+from ..errors import ConfigurationError, ModelError, ScriptExhausted
+from ._schema_values import WORDS, UnsatisfiableSchema, ValueGenerator
+from .base import ModelRequest, ModelResponse, ToolCall, Usage
+
+__all__ = [
+    "SchemaModel",
+    "ScriptItem",
+    "ScriptedModel",
+    "count_tokens",
+    "request_tokens",
+    "response_tokens",
+]
+
+ScriptItem: TypeAlias = (
+    str | BaseModel | dict[str, Any] | ModelResponse | BaseException | type[BaseException]
+)
+"""One scripted answer: text, a model or dict (as JSON), tool calls, a response, or an error."""
+
+Responder: TypeAlias = Callable[[ModelRequest], ScriptItem | Awaitable[ScriptItem]]
+
+_TOOL_CALL_KEYS = frozenset({"tool_calls", "content"})
+
+
+# -- token counting -----------------------------------------------------------
+
+
+def count_tokens(text: str) -> int:
+    """A deterministic token estimate: about four characters a token, 0 for empty text."""
+    return (len(text) + 3) // 4
+
+
+def _tool_calls_json(calls: Sequence[ToolCall]) -> str:
+    return json.dumps([c.model_dump(mode="json", exclude_none=True) for c in calls], sort_keys=True)
+
+
+def request_tokens(request: ModelRequest) -> int:
+    """Input tokens of a request: messages (+4 each), output schema and tool schemas."""
+    total = 0
+    for message in request.messages:
+        total += count_tokens(message.content) + 4
+        if message.tool_calls:
+            total += count_tokens(_tool_calls_json(message.tool_calls))
+    if request.output_schema is not None:
+        total += count_tokens(json.dumps(request.output_schema, sort_keys=True))
+    for tool in request.tools:
+        total += count_tokens(json.dumps(tool.model_dump(mode="json"), sort_keys=True))
+    return total
+
+
+def response_tokens(response: ModelResponse) -> int:
+    """Output tokens of a response: its content, plus its tool calls as JSON."""
+    total = count_tokens(response.content or "")
+    if response.tool_calls:
+        total += count_tokens(_tool_calls_json(response.tool_calls))
+    return total
+
+
+def _usage(request: ModelRequest, response: ModelResponse) -> Usage:
+    return Usage(
+        input_tokens=request_tokens(request),
+        output_tokens=response_tokens(response),
+        model_calls=1,
+    )
+
+
+# -- ScriptedModel ------------------------------------------------------------
+
+
+def _is_tool_script(item: dict[str, Any]) -> bool:
+    return "tool_calls" in item and set(item) <= _TOOL_CALL_KEYS
+
+
+def _check_item(item: object) -> None:
+    """Reject what ``ScriptedModel`` cannot play, at the point the script is written."""
+    if isinstance(item, str | BaseModel | BaseException):
+        return
+    if isinstance(item, type) and issubclass(item, BaseException):
+        return
+    if isinstance(item, dict):
+        if _is_tool_script(item):
+            calls = item["tool_calls"]
+            if not isinstance(calls, list) or not all(
+                isinstance(c, ToolCall) or (isinstance(c, dict) and "name" in c) for c in calls
+            ):
+                raise ConfigurationError(
+                    "scripted tool_calls must be a list of {'name': ..., 'arguments': {...}} "
+                    f"dicts, got {calls!r}"
+                )
+        return
+    raise ConfigurationError(
+        f"cannot script a {type(item).__name__} ({item!r}): use a str, a pydantic model, a "
+        "dict, a ModelResponse, or an exception"
+    )
+
+
+class ScriptedModel:
+    """Answers from a script, in order, and fails loudly when the script runs out.
+
+    ``responses`` is a list of items or a callable ``fn(request) -> item`` (sync
+    or async) asked once per request. An item is a str (the content as is), a
+    pydantic model or a plain dict (its JSON), ``{"tool_calls": [{"name": ...,
+    "arguments": {...}}]}`` (ids ``call_0``, ``call_1``... counted per model;
+    ``arguments`` may be a str to script malformed arguments; an optional
+    ``content`` key rides along), a ``ModelResponse`` (used as is), or an
+    exception instance or class (raised, to script a provider failure).
+
+    A dict whose keys are ``tool_calls`` (and maybe ``content``) is always a
+    tool-call script; to return such an object as content, pass its JSON text.
+    A callable script never runs out, so ``remaining`` is 0 for it.
+    """
+
+    __test__: ClassVar[bool] = False
+    provider: str = "offline"
+
+    def __init__(
+        self, responses: Sequence[ScriptItem] | Responder, *, name: str = "scripted"
+    ) -> None:
+        self.name = name
+        self.calls: list[ModelRequest] = []
+        self._script: list[ScriptItem] | None = None
+        self._responder: Responder | None = None
+        self._position = 0
+        self._next_call_id = 0
+        if isinstance(responses, Sequence) and not isinstance(responses, str):
+            for item in responses:
+                _check_item(item)
+            self._script = list(responses)
+        elif callable(responses):
+            self._responder = responses
+        else:
+            raise ConfigurationError(
+                f"ScriptedModel needs a list of responses or a callable, got {responses!r}"
+            )
+
+    def __repr__(self) -> str:
+        return f"ScriptedModel(name={self.name!r}, calls={len(self.calls)})"
+
+    @property
+    def remaining(self) -> int:
+        """Scripted items not yet used (0 for a callable script)."""
+        return 0 if self._script is None else len(self._script) - self._position
+
+    def assert_consumed(self) -> None:
+        """Fail a test that scripted more answers than the code under test asked for."""
+        if self.remaining:
+            raise AssertionError(
+                f"ScriptedModel {self.name!r} has {self.remaining} unused response(s) "
+                f"after {len(self.calls)} call(s)"
+            )
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        self.calls.append(request)
+        if self._script is None:
+            assert self._responder is not None
+            item: Any = self._responder(request)
+            if inspect.isawaitable(item):
+                item = await item
+            _check_item(item)
+        else:
+            if self._position >= len(self._script):
+                raise ScriptExhausted(self._exhausted_message(request))
+            item = self._script[self._position]
+            self._position += 1
+        return self._play(item, request)
+
+    def _exhausted_message(self, request: ModelRequest) -> str:
+        last = request.messages[-1].content if request.messages else ""
+        snippet = last if len(last) <= 80 else last[:77] + "..."
+        return (
+            f"ScriptedModel {self.name!r} was called {len(self.calls)} times but only "
+            f"{len(self._script or [])} response(s) were scripted; last message: {snippet!r}"
+        )
+
+    def _play(self, item: ScriptItem, request: ModelRequest) -> ModelResponse:
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, type):
+            raise item()
+        if isinstance(item, ModelResponse):
+            response = item.model_copy(deep=True)
+            if not response.model:
+                response.model = self.name
+            if response.usage == Usage():
+                response.usage = _usage(request, response)
+            return response
+        if isinstance(item, str):
+            response = ModelResponse(content=item, model=self.name)
+        elif isinstance(item, BaseModel):
+            response = ModelResponse(content=item.model_dump_json(), model=self.name)
+        elif _is_tool_script(item):
+            calls = [self._tool_call(c) for c in item["tool_calls"]]
+            response = ModelResponse(content=item.get("content"), tool_calls=calls, model=self.name)
+        else:
+            response = ModelResponse(content=to_json(item).decode(), model=self.name)
+        response.usage = _usage(request, response)
+        return response
+
+    def _tool_call(self, spec: ToolCall | dict[str, Any]) -> ToolCall:
+        if isinstance(spec, ToolCall):
+            return spec
+        call_id = spec.get("id")
+        if call_id is None:
+            call_id = f"call_{self._next_call_id}"
+            self._next_call_id += 1
+        arguments = spec.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                parsed = json.loads(arguments)
+            except json.JSONDecodeError:
+                parsed = None
+            return ToolCall(
+                id=call_id,
+                name=spec["name"],
+                arguments=parsed if isinstance(parsed, dict) else None,
+                raw_arguments=arguments,
+            )
+        return ToolCall(id=call_id, name=spec["name"], arguments=arguments)
+
+
+# -- SchemaModel --------------------------------------------------------------
+
+
+class SchemaModel:
+    """Invents output that validates against ``request.output_schema``.
+
+    The output depends only on ``seed`` and the request's JSON: each call
+    draws from a ``random.Random`` seeded with their sha256, so parallel
+    branches and replays see the same answer whatever the call order. Without
+    an output schema it answers a short sentence. It never calls tools.
+    See ``_schema_values`` for what the schema walker honours and skips.
+    """
+
+    __test__: ClassVar[bool] = False
+    provider: str = "offline"
+
+    def __init__(self, seed: int = 0, *, name: str = "schema") -> None:
+        self.seed = seed
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"SchemaModel(seed={self.seed}, name={self.name!r})"
+
+    def _rng(self, material: str) -> random.Random:
+        digest = hashlib.sha256(f"{self.seed}\x00{material}".encode()).digest()
+        return random.Random(int.from_bytes(digest[:16], "big"))
+
+    def generate_value(
+        self, schema: dict[str, Any] | bool, *, rng: random.Random | None = None
+    ) -> Any:
+        """A value valid for ``schema``; deterministic in (seed, schema) unless ``rng`` is given.
+
+        Raises ``UnsatisfiableSchema`` (a ValueError) for a schema no value fits.
+        """
+        if rng is None:
+            rng = self._rng(json.dumps(schema, sort_keys=True, default=str))
+        return ValueGenerator(schema, rng).value(schema)
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        rng = self._rng(request.model_dump_json())
+        if request.output_schema is None:
+            words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6)))
+            content = f"Offline answer: {words}."
+        else:
+            try:
+                value = self.generate_value(request.output_schema, rng=rng)
+            except UnsatisfiableSchema as exc:
+                raise ModelError(
+                    f"SchemaModel cannot produce {request.output_name!r}: {exc}"
+                ) from exc
+            content = json.dumps(value)
+        response = ModelResponse(content=content, model=self.name)
+        response.usage = _usage(request, response)
+        return response

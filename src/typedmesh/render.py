@@ -1,0 +1,104 @@
+"""Drawing runs for people: a rich trace tree and usage tables.
+
+Imported by the CLI only, so ``import typedmesh`` never loads rich.
+"""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from .models.base import Usage
+from .runtime.trace import TraceNode
+
+__all__ = ["trace_tree", "usage_by_agent", "usage_table"]
+
+_STATUS = {"ok": "green", "failed": "red", "running": "yellow", "cancelled": "yellow"}
+
+
+def _label(node: TraceNode) -> Text:
+    text = Text()
+    text.append(node.name, style="bold")
+    text.append(f"  {node.kind}", style="cyan")
+    if node.identity is not None and node.kind in {"agent", "function"}:
+        text.append(f"  {node.identity.name}@{node.identity.version}", style="magenta")
+    text.append(f"  {node.status}", style=_STATUS.get(node.status, "white"))
+    if node.duration_ms is not None:
+        text.append(f"  {node.duration_ms:.1f} ms", style="dim")
+    usage = node.total_usage()
+    if usage.model_calls:
+        text.append(f"  {usage.input_tokens}+{usage.output_tokens} tok", style="dim")
+        text.append(f"  ${usage.cost_usd:.6f}", style="dim")
+    if node.models:
+        text.append(f"  [{', '.join(node.models)}]", style="blue")
+    return text
+
+
+def _add(tree: Tree, node: TraceNode) -> None:
+    branch = tree.add(_label(node))
+    _decorate(branch, node)
+    for child in node.children:
+        _add(branch, child)
+
+
+def _decorate(branch: Tree, node: TraceNode) -> None:
+    for event in node.events:
+        kind = event["event"]
+        if kind in {"output.invalid", "output.gate_failed"}:
+            problems = event.get("errors") or event.get("problems") or []
+            branch.add(Text(f"{kind} #{event['attempt']}: " + "; ".join(problems), style="yellow"))
+        elif kind in {"tool.denied", "tool.error", "tool.unknown", "tool.invalid_arguments",
+                      "model.retry", "loop.capped"}:
+            detail = {k: v for k, v in event.items() if k != "event"}
+            branch.add(Text(f"{kind} {detail}", style="yellow"))
+        elif kind == "conflicts.detected":
+            fields = ", ".join(c["field"] for c in event["conflicts"])
+            branch.add(Text(f"conflicts detected: {fields}", style="yellow"))
+        elif kind == "plan":
+            steps = ", ".join(f"{s['id']}:{s['worker']}"
+                              + (f"<-{'+'.join(s['depends_on'])}" if s["depends_on"] else "")
+                              for s in event["plan"]["steps"])
+            branch.add(Text(f"plan (attempt {event['attempts']}): {steps}", style="cyan"))
+    if node.error:
+        branch.add(Text(f"error: {node.error}", style="red"))
+
+
+def trace_tree(root: TraceNode) -> Tree:
+    """The whole run as a tree: step, kind, identity, status, time, tokens, cost."""
+    tree = Tree(_label(root))
+    _decorate(tree, root)
+    for child in root.children:
+        _add(tree, child)
+    return tree
+
+
+def usage_by_agent(root: TraceNode) -> dict[str, Usage]:
+    """Usage summed per agent identity (name@version)."""
+    totals: dict[str, Usage] = {}
+    for node in root.walk():
+        if node.usage.model_calls or node.usage.tool_calls:
+            key = f"{node.identity.name}@{node.identity.version}" if node.identity else node.name
+            totals[key] = totals.get(key, Usage()) + node.usage
+    return totals
+
+
+def usage_table(root: TraceNode, total: Usage) -> Group:
+    """Per-agent usage with a total row."""
+    table = Table(title="usage and cost", show_footer=False)
+    for column in ("agent", "models", "calls", "input tok", "output tok", "tools", "cost USD"):
+        table.add_column(column, justify="left" if column in {"agent", "models"} else "right")
+    models: dict[str, set[str]] = {}
+    for node in root.walk():
+        if node.identity is not None:
+            key = f"{node.identity.name}@{node.identity.version}"
+            models.setdefault(key, set()).update(node.models)
+    for agent, usage in usage_by_agent(root).items():
+        table.add_row(agent, ", ".join(sorted(models.get(agent, ()))), str(usage.model_calls),
+                      str(usage.input_tokens), str(usage.output_tokens), str(usage.tool_calls),
+                      f"{usage.cost_usd:.6f}")
+    table.add_row(Text("total", style="bold"), "", str(total.model_calls),
+                  str(total.input_tokens), str(total.output_tokens), str(total.tool_calls),
+                  Text(f"{total.cost_usd:.6f}", style="bold"))
+    return Group(table)
