@@ -12,7 +12,12 @@ import typedmesh.models
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(typedmesh.models, "ALLOW_NETWORK", False)
-    for var in ("TYPEDMESH_MODEL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL",
-                "ANTHROPIC_BASE_URL"):
+    for var in (
+        "TYPEDMESH_MODEL",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_BASE_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     yield

@@ -25,8 +25,14 @@ class Cited(BaseModel):
 
 
 def agent(model: tm.Model, **kwargs: object) -> tm.Agent[Question, Answer]:
-    return tm.Agent("answerer", input=Question, output=Answer, model=model,
-                    instructions="Answer briefly.", **kwargs)  # type: ignore[arg-type]
+    return tm.Agent(
+        "answerer",
+        input=Question,
+        output=Answer,
+        model=model,
+        instructions="Answer briefly.",
+        **kwargs,
+    )  # type: ignore[arg-type]
 
 
 def test_structured_output_is_validated_and_schema_sent() -> None:
@@ -41,8 +47,13 @@ def test_structured_output_is_validated_and_schema_sent() -> None:
 
 
 def test_invalid_output_is_sent_back_with_errors_then_accepted() -> None:
-    model = tm.ScriptedModel(["not json at all", '{"answer": "x", "confidence": 7}',
-                              '{"answer": "x", "confidence": 0.5}'])
+    model = tm.ScriptedModel(
+        [
+            "not json at all",
+            '{"answer": "x", "confidence": 7}',
+            '{"answer": "x", "confidence": 0.5}',
+        ]
+    )
     result = tm.run(agent(model), {"text": "q"})
     assert result.output.confidence == 0.5
     second, third = model.calls[1], model.calls[2]
@@ -104,13 +115,19 @@ def refund(order_id: str, ctx: tm.RunContext) -> str:
 def test_tool_loop_with_bad_calls_answered_to_the_model() -> None:
     lookups.clear()
     refunds.clear()
-    model = tm.ScriptedModel([
-        {"tool_calls": [{"name": "lookup_order", "arguments": {"order_id": "A1"}},
-                        {"name": "lookup_order", "arguments": {"order": 1}},
-                        {"name": "delete_db", "arguments": {}},
-                        {"name": "refund", "arguments": {"order_id": "A1"}}]},
-        '{"answer": "shipped", "confidence": 1}',
-    ])
+    model = tm.ScriptedModel(
+        [
+            {
+                "tool_calls": [
+                    {"name": "lookup_order", "arguments": {"order_id": "A1"}},
+                    {"name": "lookup_order", "arguments": {"order": 1}},
+                    {"name": "delete_db", "arguments": {}},
+                    {"name": "refund", "arguments": {"order_id": "A1"}},
+                ]
+            },
+            '{"answer": "shipped", "confidence": 1}',
+        ]
+    )
     flow = agent(model, tools=[lookup_order, refund])
     result = tm.run(flow, {"text": "where is A1?"})
     assert result.output.answer == "shipped"
@@ -129,8 +146,10 @@ def test_tool_loop_with_bad_calls_answered_to_the_model() -> None:
 
 def test_scoped_tool_runs_with_idempotency_key_and_grant_narrows() -> None:
     refunds.clear()
-    script = [{"tool_calls": [{"name": "refund", "arguments": {"order_id": "B2"}}]},
-              '{"answer": "done", "confidence": 1}']
+    script = [
+        {"tool_calls": [{"name": "refund", "arguments": {"order_id": "B2"}}]},
+        '{"answer": "done", "confidence": 1}',
+    ]
     flow = agent(tm.ScriptedModel(list(script)), tools=[refund], scopes={"orders:refund"})
     tm.run(flow, {"text": "refund B2"}, run_id="r1")
     assert len(refunds) == 1 and refunds[0].startswith("B2:") and len(refunds[0]) == 3 + 32
@@ -150,15 +169,15 @@ def test_tool_loop_is_capped() -> None:
 
 def test_provenance_is_hidden_from_the_model_and_stamped() -> None:
     model = tm.ScriptedModel(['{"claims": [{"statement": "s", "evidence": ["e"]}]}'])
-    cited = tm.Agent("analyst", version="2.0.1", deployment="eu-1", input=Question, output=Cited,
-                     model=model)
+    cited = tm.Agent(
+        "analyst", version="2.0.1", deployment="eu-1", input=Question, output=Cited, model=model
+    )
     result = tm.run(cited, {"text": "q"}, run_id="run-7")
     assert "Provenance" not in json.dumps(model.calls[0].output_schema)
     assert "provenance" not in json.dumps(model.calls[0].output_schema)
     provenance = result.output.claims[0].provenance
     assert provenance is not None
-    assert provenance.agent == tm.AgentIdentity(name="analyst", version="2.0.1",
-                                                deployment="eu-1")
+    assert provenance.agent == tm.AgentIdentity(name="analyst", version="2.0.1", deployment="eu-1")
     assert provenance.run_id == "run-7" and provenance.step_path == "analyst"
     assert provenance.input_digest.startswith("sha256:") and provenance.model == "scripted"
 
@@ -181,8 +200,9 @@ def test_intent_reaches_the_prompt() -> None:
 
 
 def test_transient_errors_are_retried_per_policy() -> None:
-    model = tm.ScriptedModel([tm.TransientModelError("429"), TimeoutError(),
-                              '{"answer": "a", "confidence": 0.2}'])
+    model = tm.ScriptedModel(
+        [tm.TransientModelError("429"), TimeoutError(), '{"answer": "a", "confidence": 0.2}']
+    )
     policy = tm.RetryPolicy(max_attempts=3, backoff=0)
     result = tm.run(agent(model, retry=policy), {"text": "q"})
     assert result.output.answer == "a"
@@ -197,11 +217,13 @@ def test_non_transient_errors_are_not_retried() -> None:
 
 
 def test_budget_stops_before_the_call_that_would_cross_it() -> None:
-    model = tm.ScriptedModel(lambda r: {"tool_calls": [
-        {"name": "lookup_order", "arguments": {"order_id": "A"}}]})
+    model = tm.ScriptedModel(
+        lambda r: {"tool_calls": [{"name": "lookup_order", "arguments": {"order_id": "A"}}]}
+    )
     with pytest.raises(tm.BudgetExceeded) as info:
-        tm.run(agent(model, tools=[lookup_order]), {"text": "q"},
-               budget=tm.Budget(max_model_calls=2))
+        tm.run(
+            agent(model, tools=[lookup_order]), {"text": "q"}, budget=tm.Budget(max_model_calls=2)
+        )
     assert len(model.calls) == 2 and info.value.limit == "max_model_calls"
 
 

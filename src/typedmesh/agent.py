@@ -48,12 +48,24 @@ class Agent(Step[In, Out]):
 
     kind = "agent"
 
-    def __init__(self, name: str, *, input: type[In], output: type[Out], model: str | Model,
-                 instructions: str = "", version: str = "0.1.0", deployment: str = "local",
-                 tools: Iterable[Tool] = (), scopes: Iterable[str] = (),
-                 output_retries: int = 2, retry: RetryPolicy | None = None,
-                 max_tool_rounds: int = 10, temperature: float | None = None,
-                 max_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        input: type[In],
+        output: type[Out],
+        model: str | Model,
+        instructions: str = "",
+        version: str = "0.1.0",
+        deployment: str = "local",
+        tools: Iterable[Tool] = (),
+        scopes: Iterable[str] = (),
+        output_retries: int = 2,
+        retry: RetryPolicy | None = None,
+        max_tool_rounds: int = 10,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
         if output_retries < 0 or max_tool_rounds < 1:
             raise ConfigurationError("output_retries must be >= 0 and max_tool_rounds >= 1")
         for label, tp in (("input", input), ("output", output)):
@@ -104,8 +116,10 @@ class Agent(Step[In, Out]):
         if intent is not None:
             parts.append(render_intent(intent))
         parts.extend(n.strip() for n in notes if n)
-        parts.append(f"Answer with one JSON object matching the {self.output_type.__name__} "
-                     "schema, and nothing else.")
+        parts.append(
+            f"Answer with one JSON object matching the {self.output_type.__name__} "
+            "schema, and nothing else."
+        )
         return "\n\n".join(parts)
 
     async def invoke(self, input: In, ctx: RunContext) -> Out:
@@ -118,32 +132,45 @@ class Agent(Step[In, Out]):
         model = self.model
         notes = [*ctx.notes, gate.guidance] if gate is not None else ctx.notes
         input_json = input.model_dump_json()
-        messages = [Message(role="system", content=self.system_prompt(ctx.intent, notes)),
-                    Message(role="user", content=input_json)]
+        messages = [
+            Message(role="system", content=self.system_prompt(ctx.intent, notes)),
+            Message(role="user", content=input_json),
+        ]
         raw_outputs: list[str] = []
         errors: list[list[str]] = []
         gate_failures = 0
-        gate_cap = (gate.max_attempts if gate and gate.max_attempts else self.output_retries + 1)
+        gate_cap = gate.max_attempts if gate and gate.max_attempts else self.output_retries + 1
         tool_rounds = 0
         tools_used: list[str] = []
         while True:
-            request = ModelRequest(messages=list(messages), output_schema=self.output_schema,
-                                   output_name=self.output_type.__name__,
-                                   tools=self._tool_schemas, temperature=self.temperature,
-                                   max_tokens=self.max_tokens)
+            request = ModelRequest(
+                messages=list(messages),
+                output_schema=self.output_schema,
+                output_name=self.output_type.__name__,
+                tools=self._tool_schemas,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+            )
             response = await ctx.call_model(model, request, retry=self.retry)
             if response.tool_calls:
                 tool_rounds += 1
                 if tool_rounds > self.max_tool_rounds:
                     raise ToolLoopExceeded(
                         f"agent {self.name!r} asked for tools in more than "
-                        f"{self.max_tool_rounds} rounds")
-                messages.append(Message(role="assistant", content=response.content or "",
-                                        tool_calls=response.tool_calls))
+                        f"{self.max_tool_rounds} rounds"
+                    )
+                messages.append(
+                    Message(
+                        role="assistant",
+                        content=response.content or "",
+                        tool_calls=response.tool_calls,
+                    )
+                )
                 for call in response.tool_calls:
                     text = await self._answer(call, ctx, tools_used)
-                    messages.append(Message(role="tool", content=text, tool_call_id=call.id,
-                                            name=call.name))
+                    messages.append(
+                        Message(role="tool", content=text, tool_call_id=call.id, name=call.name)
+                    )
                 continue
             raw = response.content or ""
             try:
@@ -157,23 +184,36 @@ class Agent(Step[In, Out]):
                     raise OutputValidationError(
                         f"agent {self.name!r} gave invalid {self.output_type.__name__} output "
                         f"{len(errors)} times; last errors: " + "; ".join(problems),
-                        agent=self.name, raw_outputs=raw_outputs, errors=errors) from exc
+                        agent=self.name,
+                        raw_outputs=raw_outputs,
+                        errors=errors,
+                    ) from exc
                 messages += _feedback(raw, "did not match the required schema", problems)
                 continue
             if self._stamps:
-                stamp(output, Provenance(agent=self.identity, step_path=ctx.path,
-                                         run_id=ctx.run_id, model=response.model or model.name,
-                                         tool_calls=list(tools_used),
-                                         input_digest=_digest(input_json)))
+                stamp(
+                    output,
+                    Provenance(
+                        agent=self.identity,
+                        step_path=ctx.path,
+                        run_id=ctx.run_id,
+                        model=response.model or model.name,
+                        tool_calls=list(tools_used),
+                        input_digest=_digest(input_json),
+                    ),
+                )
             if gate is not None:
                 problems = gate.check(output)
                 if problems:
                     gate_failures += 1
                     ctx.record("output.gate_failed", attempt=gate_failures, problems=problems)
                     if gate_failures >= gate_cap:
-                        raise gate.error(f"agent {self.name!r} failed its gate "
-                                         f"{gate_failures} times", step=self.name,
-                                         problems=problems, output=output)
+                        raise gate.error(
+                            f"agent {self.name!r} failed its gate {gate_failures} times",
+                            step=self.name,
+                            problems=problems,
+                            output=output,
+                        )
                     messages += _feedback(raw, "is valid JSON but was rejected", problems)
                     continue
             return output
@@ -183,16 +223,20 @@ class Agent(Step[In, Out]):
         tool = self.tools.get(call.name)
         if tool is None:
             ctx.record("tool.unknown", tool=call.name)
-            return (f"Error: there is no tool named {call.name!r}. "
-                    f"Available tools: {sorted(self.tools) or 'none'}.")
+            return (
+                f"Error: there is no tool named {call.name!r}. "
+                f"Available tools: {sorted(self.tools) or 'none'}."
+            )
         if call.arguments is None:
             ctx.record("tool.invalid_arguments", tool=call.name, raw=call.raw_arguments)
             return f"Error: the arguments must be a JSON object, got {call.raw_arguments!r}."
         try:
             result = await ctx.call_tool(tool, **call.arguments)
         except ToolDenied as exc:
-            return (f"Error: not allowed. Tool {tool.name!r} needs scope(s) "
-                    f"{sorted(exc.missing)} that this agent does not hold. Do not retry it.")
+            return (
+                f"Error: not allowed. Tool {tool.name!r} needs scope(s) "
+                f"{sorted(exc.missing)} that this agent does not hold. Do not retry it."
+            )
         except ToolError as exc:
             return f"Error: {exc}"
         tools_used.append(tool.name)
@@ -220,15 +264,22 @@ def strip_fences(text: str) -> str:
 
 
 def validation_messages(exc: ValidationError) -> list[str]:
-    return [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
-            for e in exc.errors(include_url=False)]
+    return [
+        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    ]
 
 
 def _feedback(raw: str, verdict: str, problems: list[str]) -> list[Message]:
     listing = "\n".join(f"- {p}" for p in problems)
-    return [Message(role="assistant", content=raw),
-            Message(role="user", content=f"Your last answer {verdict}:\n{listing}\n"
-                    "Reply with a corrected JSON object only.")]
+    return [
+        Message(role="assistant", content=raw),
+        Message(
+            role="user",
+            content=f"Your last answer {verdict}:\n{listing}\n"
+            "Reply with a corrected JSON object only.",
+        ),
+    ]
 
 
 def _digest(text: str) -> str:

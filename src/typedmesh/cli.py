@@ -20,8 +20,11 @@ from .runtime.budget import Budget
 from .runtime.run import arun
 from .step import Step
 
-app = typer.Typer(help="typedmesh: typed, journaled multi-agent flows.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="typedmesh: typed, journaled multi-agent flows.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console()
 errors = Console(stderr=True)
 
@@ -75,8 +78,7 @@ def run_command(
     max_tokens: Annotated[int | None, typer.Option(help="hard token budget")] = None,
     max_cost: Annotated[float | None, typer.Option(help="hard cost budget in USD")] = None,
     max_model_calls: Annotated[int | None, typer.Option(help="hard model-call budget")] = None,
-    grant: Annotated[list[str] | None, typer.Option(help="a scope the run grants (repeat)")]
-    = None,
+    grant: Annotated[list[str] | None, typer.Option(help="a scope the run grants (repeat)")] = None,
     run_id: Annotated[str | None, typer.Option(help="the run id (default: random)")] = None,
 ) -> None:
     """Run a flow on an input; print its output, trace tree, usage and cost."""
@@ -87,11 +89,13 @@ def run_command(
     run_intent = Intent.model_validate(_json_arg(intent, "--intent")) if intent else None
     budget = None
     if max_tokens is not None or max_cost is not None or max_model_calls is not None:
-        budget = Budget(max_tokens=max_tokens, max_cost_usd=max_cost,
-                        max_model_calls=max_model_calls)
+        budget = Budget(
+            max_tokens=max_tokens, max_cost_usd=max_cost, max_model_calls=max_model_calls
+        )
     try:
-        result = asyncio.run(arun(flow, data, intent=run_intent, budget=budget, grant=grant,
-                                  run_id=run_id))
+        result = asyncio.run(
+            arun(flow, data, intent=run_intent, budget=budget, grant=grant, run_id=run_id)
+        )
     except InputValidationError as exc:
         _fail(exc, as_json, code=2)
     except RunError as exc:
@@ -108,19 +112,28 @@ def run_command(
     console.rule("trace")
     console.print(trace_tree(result.trace))
     console.print(usage_table(result.trace, result.usage))
-    console.print(f"[bold]cost:[/] ${result.cost_usd:.6f}   [bold]tokens:[/] "
-                  f"{result.usage.total_tokens}   [bold]model calls:[/] "
-                  f"{result.usage.model_calls}")
+    console.print(
+        f"[bold]cost:[/] ${result.cost_usd:.6f}   [bold]tokens:[/] "
+        f"{result.usage.total_tokens}   [bold]model calls:[/] "
+        f"{result.usage.model_calls}"
+    )
 
 
 def _fail(exc: TypedMeshError, as_json: bool, *, code: int) -> None:
     partial = getattr(exc, "partial", None)
     if as_json:
-        print(json.dumps({"error": type(exc).__name__, "message": str(exc),
-                          "run_id": getattr(exc, "run_id", None),
-                          "step_path": getattr(exc, "step_path", None),
-                          "partial": partial.to_dict() if partial is not None else None},
-                         default=str))
+        print(
+            json.dumps(
+                {
+                    "error": type(exc).__name__,
+                    "message": str(exc),
+                    "run_id": getattr(exc, "run_id", None),
+                    "step_path": getattr(exc, "step_path", None),
+                    "partial": partial.to_dict() if partial is not None else None,
+                },
+                default=str,
+            )
+        )
     else:
         errors.print(f"[red bold]{type(exc).__name__}[/]: {exc}")
         if partial is not None:

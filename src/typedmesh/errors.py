@@ -81,8 +81,9 @@ class ContractError(UserError):
     ``problems`` lists each missing or mismatched field in words.
     """
 
-    def __init__(self, message: str, *, source: str = "", target: str = "",
-                 problems: list[str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, source: str = "", target: str = "", problems: list[str] | None = None
+    ) -> None:
         self.source = source
         self.target = target
         self.problems = list(problems or [])
@@ -99,9 +100,7 @@ class MissingExtraError(UserError, ImportError):
 
     def __init__(self, extra: str, module: str) -> None:
         self.extra = extra
-        super().__init__(
-            f"{module} needs the '{extra}' extra: pip install \"typedmesh[{extra}]\""
-        )
+        super().__init__(f"{module} needs the '{extra}' extra: pip install \"typedmesh[{extra}]\"")
 
 
 class RunError(TypedMeshError):
@@ -131,8 +130,9 @@ class OutputValidationError(RunError):
     validation errors of each attempt, in order.
     """
 
-    def __init__(self, message: str, *, agent: str, raw_outputs: list[str],
-                 errors: list[list[str]]) -> None:
+    def __init__(
+        self, message: str, *, agent: str, raw_outputs: list[str], errors: list[list[str]]
+    ) -> None:
         self.agent = agent
         self.raw_outputs = raw_outputs
         self.errors = errors
@@ -142,8 +142,7 @@ class OutputValidationError(RunError):
 class GateError(RunError):
     """An output that fits its model but fails a framework gate, after every retry."""
 
-    def __init__(self, message: str, *, step: str, problems: list[str],
-                 output: Any = None) -> None:
+    def __init__(self, message: str, *, step: str, problems: list[str], output: Any = None) -> None:
         self.step = step
         self.problems = problems
         self.output = output
@@ -176,9 +175,7 @@ class ToolDenied(RunError):
     def __init__(self, tool: str, *, missing: set[str], step: str) -> None:
         self.tool = tool
         self.missing = frozenset(missing)
-        super().__init__(
-            f"tool {tool!r} denied for {step!r}: missing scope(s) {sorted(missing)}"
-        )
+        super().__init__(f"tool {tool!r} denied for {step!r}: missing scope(s) {sorted(missing)}")
 
 
 class ToolError(RunError):

@@ -60,8 +60,7 @@ def annotation_problem(src: Any, dst: Any, depth: int = 0) -> str | None:
     src_origin, dst_origin = get_origin(src) or src, get_origin(dst) or dst
     if src_origin in _SEQUENCES and dst_origin in _SEQUENCES:
         if dst_origin is not src_origin and dst_origin not in (typing.Sequence, typing.Iterable):
-            if not (src_origin is list and dst_origin is list):
-                return f"{type_name(src)} is not {type_name(dst)}"
+            return f"{type_name(src)} is not {type_name(dst)}"
         src_item = (get_args(src) or (Any,))[0]
         dst_item = (get_args(dst) or (Any,))[0]
         problem = annotation_problem(src_item, dst_item, depth + 1)
@@ -79,14 +78,17 @@ def annotation_problem(src: Any, dst: Any, depth: int = 0) -> str | None:
             return None
         if issubclass(src, BaseModel) and issubclass(dst, BaseModel):
             problems = handoff_problems(src, dst)
-            return None if not problems else f"{src.__name__} -> {dst.__name__}: " + "; ".join(
-                problems
+            return (
+                None
+                if not problems
+                else f"{src.__name__} -> {dst.__name__}: " + "; ".join(problems)
             )
     return f"gives {type_name(src)}, wants {type_name(dst)}"
 
 
-def handoff_problems(src: type[BaseModel], dst: type[BaseModel],
-                     filled: Iterable[str] = ()) -> list[str]:
+def handoff_problems(
+    src: type[BaseModel], dst: type[BaseModel], filled: Iterable[str] = ()
+) -> list[str]:
     """Every reason ``dst`` cannot be built from an instance of ``src``.
 
     ``filled`` names ``dst`` fields the framework fills itself (e.g. ``intent``).

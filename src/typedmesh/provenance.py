@@ -28,8 +28,9 @@ def _mentions(annotation: Any, target: type, depth: int = 0) -> bool:
     if depth > 10:
         return False
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return any(_mentions(f.annotation, target, depth + 1)
-                   for f in annotation.model_fields.values())
+        return any(
+            _mentions(f.annotation, target, depth + 1) for f in annotation.model_fields.values()
+        )
     return any(_mentions(a, target, depth + 1) for a in get_args(annotation))
 
 
@@ -44,12 +45,11 @@ def _check_defaults(model: type[BaseModel], seen: set[type]) -> None:
         return
     seen.add(model)
     for name, field in model.model_fields.items():
-        if _mentions(field.annotation, Provenance) and is_provenance_annotation(field.annotation):
-            if field.is_required():
-                raise ContractError(
-                    f"{model.__name__}.{name} holds a Provenance, which the framework "
-                    "stamps after the model answers: give it a default (e.g. None)"
-                )
+        if is_provenance_annotation(field.annotation) and field.is_required():
+            raise ContractError(
+                f"{model.__name__}.{name} holds a Provenance, which the framework "
+                "stamps after the model answers: give it a default (e.g. None)"
+            )
         for arg in (field.annotation, *get_args(field.annotation)):
             for inner in (arg, *get_args(arg)):
                 if isinstance(inner, type) and issubclass(inner, BaseModel):
@@ -60,9 +60,7 @@ def is_provenance_annotation(annotation: Any) -> bool:
     if annotation is Provenance:
         return True
     origin = get_origin(annotation)
-    return origin in (typing.Union, types.UnionType) and Provenance in get_args(
-        annotation
-    )
+    return origin in (typing.Union, types.UnionType) and Provenance in get_args(annotation)
 
 
 def _strip(node: Any) -> Any:
@@ -93,7 +91,7 @@ def _refers(schema: Any) -> bool:
 
 def model_facing_schema(model: type[BaseModel]) -> dict[str, Any]:
     """``model``'s JSON schema without any Provenance field (checked to have defaults)."""
-    schema = model.model_json_schema()
+    schema: dict[str, Any] = model.model_json_schema()
     if not carries_provenance(model):
         return schema
     _check_defaults(model, set())

@@ -49,17 +49,25 @@ def _decorate(branch: Tree, node: TraceNode) -> None:
         if kind in {"output.invalid", "output.gate_failed"}:
             problems = event.get("errors") or event.get("problems") or []
             branch.add(Text(f"{kind} #{event['attempt']}: " + "; ".join(problems), style="yellow"))
-        elif kind in {"tool.denied", "tool.error", "tool.unknown", "tool.invalid_arguments",
-                      "model.retry", "loop.capped"}:
+        elif kind in {
+            "tool.denied",
+            "tool.error",
+            "tool.unknown",
+            "tool.invalid_arguments",
+            "model.retry",
+            "loop.capped",
+        }:
             detail = {k: v for k, v in event.items() if k != "event"}
             branch.add(Text(f"{kind} {detail}", style="yellow"))
         elif kind == "conflicts.detected":
             fields = ", ".join(c["field"] for c in event["conflicts"])
             branch.add(Text(f"conflicts detected: {fields}", style="yellow"))
         elif kind == "plan":
-            steps = ", ".join(f"{s['id']}:{s['worker']}"
-                              + (f"<-{'+'.join(s['depends_on'])}" if s["depends_on"] else "")
-                              for s in event["plan"]["steps"])
+            steps = ", ".join(
+                f"{s['id']}:{s['worker']}"
+                + (f"<-{'+'.join(s['depends_on'])}" if s["depends_on"] else "")
+                for s in event["plan"]["steps"]
+            )
             branch.add(Text(f"plan (attempt {event['attempts']}): {steps}", style="cyan"))
     if node.error:
         branch.add(Text(f"error: {node.error}", style="red"))
@@ -95,10 +103,22 @@ def usage_table(root: TraceNode, total: Usage) -> Group:
             key = f"{node.identity.name}@{node.identity.version}"
             models.setdefault(key, set()).update(node.models)
     for agent, usage in usage_by_agent(root).items():
-        table.add_row(agent, ", ".join(sorted(models.get(agent, ()))), str(usage.model_calls),
-                      str(usage.input_tokens), str(usage.output_tokens), str(usage.tool_calls),
-                      f"{usage.cost_usd:.6f}")
-    table.add_row(Text("total", style="bold"), "", str(total.model_calls),
-                  str(total.input_tokens), str(total.output_tokens), str(total.tool_calls),
-                  Text(f"{total.cost_usd:.6f}", style="bold"))
+        table.add_row(
+            agent,
+            ", ".join(sorted(models.get(agent, ()))),
+            str(usage.model_calls),
+            str(usage.input_tokens),
+            str(usage.output_tokens),
+            str(usage.tool_calls),
+            f"{usage.cost_usd:.6f}",
+        )
+    table.add_row(
+        Text("total", style="bold"),
+        "",
+        str(total.model_calls),
+        str(total.input_tokens),
+        str(total.output_tokens),
+        str(total.tool_calls),
+        Text(f"{total.cost_usd:.6f}", style="bold"),
+    )
     return Group(table)

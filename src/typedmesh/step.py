@@ -70,8 +70,9 @@ class Step(ABC, Generic[In, Out]):
         output = await self.invoke(input, ctx)
         problems = gate.check(output)
         if problems:
-            raise gate.error(f"{self.name!r} failed its gate", step=self.name,
-                             problems=problems, output=output)
+            raise gate.error(
+                f"{self.name!r} failed its gate", step=self.name, problems=problems, output=output
+            )
         return output
 
     @property
@@ -90,8 +91,10 @@ class Step(ABC, Generic[In, Out]):
             yield from child.walk()
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} {self.name!r}: "
-                f"{self.input_type.__name__} -> {self.output_type.__name__}>")
+        return (
+            f"<{type(self).__name__} {self.name!r}: "
+            f"{self.input_type.__name__} -> {self.output_type.__name__}>"
+        )
 
 
 class FunctionStep(Step[In, Out]):
@@ -103,15 +106,22 @@ class FunctionStep(Step[In, Out]):
 
     kind = "function"
 
-    def __init__(self, fn: Callable[..., Any], *, name: str | None = None,
-                 version: str = "0.1.0", scopes: set[str] | frozenset[str] = frozenset(),
-                 localns: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        version: str = "0.1.0",
+        scopes: set[str] | frozenset[str] = frozenset(),
+        localns: dict[str, Any] | None = None,
+    ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         self.identity = AgentIdentity(name=self.name, version=version)
         self.scopes = frozenset(scopes)
-        self.input_type, self.output_type, self._wants_ctx = _signature_types(fn, self.name,
-                                                                            localns)
+        self.input_type, self.output_type, self._wants_ctx = _signature_types(
+            fn, self.name, localns
+        )
         self._is_async = inspect.iscoroutinefunction(fn)
 
     @property
@@ -122,12 +132,13 @@ class FunctionStep(Step[In, Out]):
         args: tuple[Any, ...] = (input, ctx) if self._wants_ctx else (input,)
         result = await self.fn(*args) if self._is_async else self.fn(*args)
         if type(result) is self.output_type:
-            return typing.cast(Out, result)
+            return result
         return self.output_type.model_validate(result)
 
 
-def _signature_types(fn: Callable[..., Any], name: str, localns: dict[str, Any] | None
-                     ) -> tuple[type[Any], type[Any], bool]:
+def _signature_types(
+    fn: Callable[..., Any], name: str, localns: dict[str, Any] | None
+) -> tuple[type[Any], type[Any], bool]:
     try:
         hints = typing.get_type_hints(fn, localns=localns)
     except Exception as exc:  # an unresolvable forward reference
@@ -153,13 +164,22 @@ def step(fn: Callable[[In], Out | Awaitable[Out]], /) -> FunctionStep[In, Out]: 
 @overload
 def step(fn: Callable[[In, RunContext], Out | Awaitable[Out]], /) -> FunctionStep[In, Out]: ...
 @overload
-def step(*, name: str | None = None, version: str = "0.1.0",
-         scopes: set[str] | frozenset[str] = frozenset()
-         ) -> Callable[[Callable[..., Any]], FunctionStep[Any, Any]]: ...
+def step(
+    *,
+    name: str | None = None,
+    version: str = "0.1.0",
+    scopes: set[str] | frozenset[str] = frozenset(),
+) -> Callable[[Callable[..., Any]], FunctionStep[Any, Any]]: ...
 
 
-def step(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
-         version: str = "0.1.0", scopes: set[str] | frozenset[str] = frozenset()) -> Any:
+def step(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    version: str = "0.1.0",
+    scopes: set[str] | frozenset[str] = frozenset(),
+) -> Any:
     """Turn a typed function ``(In[, ctx]) -> Out`` (sync or async) into a Step.
 
     Use bare (``@tm.step``) or with options (``@tm.step(name="enrich")``).
@@ -172,7 +192,12 @@ def step(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
         return FunctionStep(fn, name=name, version=version, scopes=scopes, localns=localns)
 
     def decorate(f: Callable[..., Any]) -> FunctionStep[Any, Any]:
-        return FunctionStep(f, name=name, version=version, scopes=scopes,
-                            localns={**localns, **sys._getframe(1).f_locals})
+        return FunctionStep(
+            f,
+            name=name,
+            version=version,
+            scopes=scopes,
+            localns={**localns, **sys._getframe(1).f_locals},
+        )
 
     return decorate

@@ -30,9 +30,16 @@ __all__ = ["Tool", "tool"]
 class Tool:
     """A callable a model may use, with a typed argument model and required scopes."""
 
-    def __init__(self, fn: Callable[..., Any], *, name: str | None = None,
-                 description: str | None = None, requires: set[str] | frozenset[str] = frozenset(),
-                 idempotent: bool = True, localns: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        requires: set[str] | frozenset[str] = frozenset(),
+        idempotent: bool = True,
+        localns: dict[str, Any] | None = None,
+    ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         doc = inspect.getdoc(fn) or ""
@@ -43,8 +50,11 @@ class Tool:
         hints = typing.get_type_hints(fn, localns=localns)
         self.args_model, self._ctx_param = _arguments_model(fn, self.name, hints)
         self._result_adapter: TypeAdapter[Any] = TypeAdapter(hints.get("return", Any))
-        self.schema = ToolSchema(name=self.name, description=self.description,
-                                 parameters=self.args_model.model_json_schema())
+        self.schema = ToolSchema(
+            name=self.name,
+            description=self.description,
+            parameters=self.args_model.model_json_schema(),
+        )
 
     def parse_arguments(self, arguments: dict[str, Any]) -> BaseModel:
         """Validate what a model sent; raises pydantic's ValidationError."""
@@ -82,8 +92,9 @@ class Tool:
         return f"<Tool {self.name!r} requires={sorted(self.requires)}>"
 
 
-def _arguments_model(fn: Callable[..., Any], name: str, hints: dict[str, Any]
-                     ) -> tuple[type[BaseModel], str | None]:
+def _arguments_model(
+    fn: Callable[..., Any], name: str, hints: dict[str, Any]
+) -> tuple[type[BaseModel], str | None]:
     from .runtime.context import RunContext
 
     fields: dict[str, Any] = {}
@@ -97,31 +108,51 @@ def _arguments_model(fn: Callable[..., Any], name: str, hints: dict[str, Any]
             raise ConfigurationError(f"tool {name!r}: *args/**kwargs cannot be typed for a model")
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (annotation, default)
-    model = create_model(  # type: ignore[call-overload]
-        f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
-    )
+    model = create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
     return typing.cast(type[BaseModel], model), ctx_param
 
 
 @overload
 def tool(fn: Callable[..., Any], /) -> Tool: ...
 @overload
-def tool(*, name: str | None = None, description: str | None = None,
-         requires: set[str] | frozenset[str] = frozenset(),
-         idempotent: bool = True) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    requires: set[str] | frozenset[str] = frozenset(),
+    idempotent: bool = True,
+) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
-def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
-         description: str | None = None, requires: set[str] | frozenset[str] = frozenset(),
-         idempotent: bool = True) -> Tool | Callable[[Callable[..., Any]], Tool]:
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    requires: set[str] | frozenset[str] = frozenset(),
+    idempotent: bool = True,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed function into a Tool; bare or with options."""
     localns = dict(sys._getframe(1).f_locals)  # models defined in a function body
     if fn is not None:
-        return Tool(fn, name=name, description=description, requires=requires,
-                    idempotent=idempotent, localns=localns)
+        return Tool(
+            fn,
+            name=name,
+            description=description,
+            requires=requires,
+            idempotent=idempotent,
+            localns=localns,
+        )
 
     def decorate(f: Callable[..., Any]) -> Tool:
-        return Tool(f, name=name, description=description, requires=requires,
-                    idempotent=idempotent, localns={**localns, **sys._getframe(1).f_locals})
+        return Tool(
+            f,
+            name=name,
+            description=description,
+            requires=requires,
+            idempotent=idempotent,
+            localns={**localns, **sys._getframe(1).f_locals},
+        )
 
     return decorate

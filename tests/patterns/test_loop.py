@@ -38,8 +38,11 @@ def strict_reviewer(passing_round: int, seen: list[Review]) -> tm.Step[Review, t
     def review(r: Review) -> tm.Evaluation:
         seen.append(r)
         ok = r.round >= passing_round
-        return tm.Evaluation(passed=ok, score=1.0 if ok else 0.3,
-                             feedback="" if ok else f"add a docstring (round {r.round})")
+        return tm.Evaluation(
+            passed=ok,
+            score=1.0 if ok else 0.3,
+            feedback="" if ok else f"add a docstring (round {r.round})",
+        )
 
     return review
 
@@ -73,8 +76,12 @@ def test_loop_reports_the_cap_when_never_passing() -> None:
     assert result.output.passed is False and result.output.rounds == 2
     assert len(model.calls) == 2
     assert any(e["event"] == "loop.capped" for e in result.trace.events)
-    assert [n.name for n in result.trace.children] == ["writer[1]", "reviewer[1]",
-                                                       "writer[2]", "reviewer[2]"]
+    assert [n.name for n in result.trace.children] == [
+        "writer[1]",
+        "reviewer[1]",
+        "writer[2]",
+        "reviewer[2]",
+    ]
 
 
 def test_agent_evaluator_sees_the_intent() -> None:

@@ -53,12 +53,19 @@ def write(run: tm.PlanExecution) -> Report:
     return Report(text=" | ".join(r.worker for r in run.results), steps=len(run.plan.steps))
 
 
-GOOD = {"goal": "cover", "steps": [
-    {"id": "a", "worker": "search", "input": {"query": "x", "limit": 2}},
-    {"id": "b", "worker": "search", "input": {"query": "y"}},
-    {"id": "c", "worker": "digest", "input": {"facts": {"$ref": "a.facts"}},
-     "depends_on": ["a", "b"]},
-]}
+GOOD = {
+    "goal": "cover",
+    "steps": [
+        {"id": "a", "worker": "search", "input": {"query": "x", "limit": 2}},
+        {"id": "b", "worker": "search", "input": {"query": "y"}},
+        {
+            "id": "c",
+            "worker": "digest",
+            "input": {"facts": {"$ref": "a.facts"}},
+            "depends_on": ["a", "b"],
+        },
+    ],
+}
 
 
 def planner(*answers: dict[str, Any]) -> tuple[tm.Agent[Question, tm.Plan], tm.ScriptedModel]:
@@ -86,16 +93,24 @@ def test_plan_runs_independent_steps_in_parallel_and_dependents_after() -> None:
 
 
 def test_invalid_plans_are_sent_back_with_every_problem() -> None:
-    bad = {"goal": "g", "steps": [
-        {"id": "a", "worker": "browse", "input": {}},
-        {"id": "b", "worker": "search", "input": {"query": 5, "limit": "many"}},
-        {"id": "c", "worker": "digest", "input": {"facts": {"$ref": "b.facts"}},
-         "depends_on": ["d"]},
-        {"id": "d", "worker": "digest", "input": {"facts": []}, "depends_on": ["c"]},
-    ]}
+    bad = {
+        "goal": "g",
+        "steps": [
+            {"id": "a", "worker": "browse", "input": {}},
+            {"id": "b", "worker": "search", "input": {"query": 5, "limit": "many"}},
+            {
+                "id": "c",
+                "worker": "digest",
+                "input": {"facts": {"$ref": "b.facts"}},
+                "depends_on": ["d"],
+            },
+            {"id": "d", "worker": "digest", "input": {"facts": []}, "depends_on": ["c"]},
+        ],
+    }
     agent, model = planner(bad, GOOD)
-    result = tm.run(tm.orchestrate(agent, workers=[search, digest], synthesizer=write),
-                    {"topic": "t"})
+    result = tm.run(
+        tm.orchestrate(agent, workers=[search, digest], synthesizer=write), {"topic": "t"}
+    )
     assert result.output.plan_attempts == 2
     feedback = model.calls[1].messages[-1].content
     assert "unknown worker 'browse'" in feedback

@@ -31,14 +31,22 @@ class Debate(BaseModel):
 
 
 def verdict_model(position: str, price: float) -> tm.ScriptedModel:
-    return tm.ScriptedModel(lambda r: Verdict(position=position, target_price=price,  # type: ignore[arg-type]
-                                              risks=["rates"], sector="tech"))
+    return tm.ScriptedModel(
+        lambda r: Verdict(
+            position=position,
+            target_price=price,  # type: ignore[arg-type]
+            risks=["rates"],
+            sector="tech",
+        )
+    )
 
 
 def honest_judge(request: ModelRequest) -> dict[str, object]:
     fields = re.findall(r"^- ([\w.]+): ", request.messages[0].content, re.M)
-    return {"summary": "split", "conflicts": [{"field": f, "values": {}, "note": "open"}
-                                              for f in fields]}
+    return {
+        "summary": "split",
+        "conflicts": [{"field": f, "values": {}, "note": "open"} for f in fields],
+    }
 
 
 def debate(judge: tm.Model) -> tm.Step[Task, tm.SynthesizedReport]:
@@ -104,8 +112,7 @@ def test_branch_failure_keeps_other_outputs() -> None:
         raise tm.ToolError("feed down", tool="quotes")
 
     bull = tm.Agent("bull", input=Task, output=Verdict, model=verdict_model("bull", 1))
-    merge = tm.Agent("judge", input=Debate, output=tm.SynthesizedReport,
-                     model=tm.ScriptedModel([]))
+    merge = tm.Agent("judge", input=Debate, output=tm.SynthesizedReport, model=tm.ScriptedModel([]))
     with pytest.raises(tm.ToolError) as info:
         tm.run(tm.parallel(bull=bull, bear=broken, merge=merge), {"ticker": "A"})
     assert info.value.step_path == "parallel/bear"
@@ -163,14 +170,21 @@ def test_detect_conflicts_recurses_into_nested_models() -> None:
         band: Inner
         note: str
 
-    conflicts = tm.detect_conflicts({"a": Out(band=Inner(low=1, high=5), note="n"),
-                                     "b": Out(band=Inner(low=1, high=9), note="n")})
+    conflicts = tm.detect_conflicts(
+        {
+            "a": Out(band=Inner(low=1, high=5), note="n"),
+            "b": Out(band=Inner(low=1, high=9), note="n"),
+        }
+    )
     assert [(c.field, c.values) for c in conflicts] == [("band.high", {"a": 5, "b": 9})]
 
 
 def test_conflicts_ignore_provenance() -> None:
     claim = tm.Claim(statement="same")
-    a = claim.model_copy(update={"provenance": tm.Provenance(
-        agent=tm.AgentIdentity(name="a"), step_path="x", run_id="r")})
+    a = claim.model_copy(
+        update={
+            "provenance": tm.Provenance(agent=tm.AgentIdentity(name="a"), step_path="x", run_id="r")
+        }
+    )
     assert tm.detect_conflicts({"a": a, "b": claim}) == []
     assert json.loads(tm.Conflict(field="f", values={"a": 1}).model_dump_json())["field"] == "f"

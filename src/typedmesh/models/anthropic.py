@@ -1,16 +1,15 @@
 """Anthropic Messages API provider.
 
-Structured output uses the API's native JSON-schema mode: anthropic 2.x accepts
-``output_config={"format": {"type": "json_schema", "schema": ...}}`` on the
-plain (non-beta) ``messages.create``, and the reply is then a text block that
-is constrained to the schema. That beats the older forced-tool trick (a
-``final_result`` tool plus ``tool_choice``): the model answers in its normal
-text turn, it can still call the user's tools first, and no tool call has to
-be turned back into content. The schema goes through the SDK's own
-``transform_schema`` (what its ``parse()`` does) because the API wants
-``additionalProperties: false`` on every object and rejects some constraints;
-those are moved into descriptions, and typedmesh still validates the output
-against the full contract.
+Structured output uses the native JSON-schema mode, not the forced-tool trick:
+anthropic 2.14 takes ``output_config={"format": {"type": "json_schema",
+"schema": ...}}`` on the plain (non-beta) ``messages.create``. The answer then
+arrives as an ordinary text turn, the model can still call the user's tools
+first, and no ``final_result`` tool call has to be turned back into content.
+The schema goes through the SDK's ``transform_schema`` (as its ``parse()``
+does) because the API requires ``additionalProperties: false`` and rejects some
+constraints, which it moves into descriptions; typedmesh still validates the
+output against the full contract. Schemas it cannot express (a field typed
+``Any``) raise ConfigurationError.
 
 SDK retries are off (``max_retries=0``): typedmesh's RetryPolicy owns retrying.
 """
@@ -68,7 +67,11 @@ class AnthropicModel:
         if client is None:
             base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
             api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
-            if api_key is None and _is_loopback(base_url):
+            if (
+                api_key is None
+                and not os.environ.get("ANTHROPIC_AUTH_TOKEN")
+                and _is_loopback(base_url)
+            ):
                 api_key = _DUMMY_KEY
             # api_key=None lets the SDK find other credentials (auth token, profiles).
             try:
@@ -165,16 +168,14 @@ class AnthropicModel:
 
     def _map_error(self, exc: Exception) -> ModelError:
         sdk = self._sdk
-        transient: tuple[type[BaseException], ...] = (
+        transient = (
             sdk.RateLimitError,
             sdk.APITimeoutError,
             sdk.APIConnectionError,
-            sdk.InternalServerError,
+            sdk.InternalServerError,  # 5xx, including OverloadedError (529) in anthropic 2.x
         )
-        overloaded = getattr(sdk, "OverloadedError", None)  # 529; absent in older SDKs
-        if overloaded is not None:
-            transient += (overloaded,)
         status = getattr(exc, "status_code", None)
+        # 408 is a server-side timeout; 529 covers SDKs without an OverloadedError class.
         if isinstance(exc, transient) or status in (408, 529):
             return TransientModelError(f"{self.name}: {exc}")
         return ModelError(f"{self.name}: {exc}")

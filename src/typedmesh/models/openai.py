@@ -161,7 +161,7 @@ class OpenAIModel:
             sdk.APIConnectionError,
             sdk.InternalServerError,
         )
-        status = getattr(exc, "status_code", None)
+        status = getattr(exc, "status_code", None)  # 408: a server-side timeout
         if isinstance(exc, transient) or status == 408:
             return TransientModelError(f"{self.name}: {exc}")
         return ModelError(f"{self.name}: {exc}")

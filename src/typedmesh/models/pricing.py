@@ -47,8 +47,9 @@ def _lookup(model: str, table: dict[str, Price]) -> Price | None:
     return table[best] if best else None
 
 
-def cost_of(model: str, input_tokens: int, output_tokens: int,
-            table: dict[str, Price] | None = None) -> float:
+def cost_of(
+    model: str, input_tokens: int, output_tokens: int, table: dict[str, Price] | None = None
+) -> float:
     """Dollar cost of one call; 0.0 for a model the table does not know."""
     price = _lookup(model, PRICES if table is None else table)
     if price is None:

@@ -16,9 +16,11 @@ __all__ = ["detect_conflicts", "missing_conflicts", "plain", "render_conflicts"]
 def plain(value: Any) -> Any:
     """``value`` as JSON data without Provenance fields (they always differ)."""
     if isinstance(value, BaseModel):
-        return {name: plain(getattr(value, name))
-                for name, field in type(value).model_fields.items()
-                if not is_provenance_annotation(field.annotation)}
+        return {
+            name: plain(getattr(value, name))
+            for name, field in type(value).model_fields.items()
+            if not is_provenance_annotation(field.annotation)
+        }
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     if isinstance(value, dict):
@@ -59,22 +61,27 @@ def detect_conflicts(outputs: dict[str, BaseModel]) -> list[Conflict]:
 
 def missing_conflicts(detected: list[Conflict], output: BaseModel) -> list[str]:
     """Detected conflicts that a merge output does not carry (by field, or a parent field)."""
-    reported = {c.field for c in getattr(output, "conflicts", None) or []
-                if isinstance(c, Conflict)}
+    reported = {
+        c.field for c in getattr(output, "conflicts", None) or [] if isinstance(c, Conflict)
+    }
     missing = []
     for conflict in detected:
         parts = conflict.field.split(".")
         if not any(".".join(parts[:i]) in reported for i in range(1, len(parts) + 1)):
-            missing.append(f"conflict on {conflict.field!r} is missing from 'conflicts' "
-                           f"(values: {conflict.values})")
+            missing.append(
+                f"conflict on {conflict.field!r} is missing from 'conflicts' "
+                f"(values: {conflict.values})"
+            )
     return missing
 
 
 def render_conflicts(conflicts: list[Conflict]) -> str:
     """The merge step's briefing: every conflict it must carry, and the rule."""
-    lines = ["The branches disagree. The framework detected these conflicts; your 'conflicts' "
-             "list must carry every one (same 'field', the branches' values, and a note). "
-             "Do not average them and do not silently pick a side:"]
+    lines = [
+        "The branches disagree. The framework detected these conflicts; your 'conflicts' "
+        "list must carry every one (same 'field', the branches' values, and a note). "
+        "Do not average them and do not silently pick a side:"
+    ]
     for c in conflicts:
         values = ", ".join(f"{b}={v!r}" for b, v in c.values.items())
         lines.append(f"- {c.field}: {values}")

@@ -30,11 +30,18 @@ class Loop(Step[Any, Any]):
 
     kind = "loop"
 
-    def __init__(self, generator: Step[Any, Any], evaluator: Step[Any, Any], *,
-                 max_rounds: int, name: str = "loop") -> None:
+    def __init__(
+        self,
+        generator: Step[Any, Any],
+        evaluator: Step[Any, Any],
+        *,
+        max_rounds: int,
+        name: str = "loop",
+    ) -> None:
         if not isinstance(max_rounds, int) or max_rounds < 1:
-            raise ConfigurationError(f"loop() needs max_rounds >= 1, got {max_rounds!r}: "
-                                     "there is no unbounded loop")
+            raise ConfigurationError(
+                f"loop() needs max_rounds >= 1, got {max_rounds!r}: there is no unbounded loop"
+            )
         _check(generator, evaluator)
         self.generator = generator
         self.evaluator = evaluator
@@ -58,27 +65,36 @@ class Loop(Step[Any, Any]):
             gen_input = input
             if draft is not None:
                 last = evaluations[-1]
-                notes = (f"Round {round_no} of {self.max_rounds}. Your previous draft:\n"
-                         f"{draft.model_dump_json()}\nThe evaluator's feedback (score "
-                         f"{last.score:.2f}):\n{last.feedback}\nRevise the draft to address "
-                         "the feedback.",)
+                notes = (
+                    f"Round {round_no} of {self.max_rounds}. Your previous draft:\n"
+                    f"{draft.model_dump_json()}\nThe evaluator's feedback (score "
+                    f"{last.score:.2f}):\n{last.feedback}\nRevise the draft to address "
+                    "the feedback.",
+                )
                 if self._gen_fills:
                     values = {"previous_draft": draft, "feedback": last.feedback}
                     gen_input = input.model_copy(update={f: values[f] for f in self._gen_fills})
-            draft = await ctx.run(self.generator, gen_input,
-                                  label=f"{self.generator.name}[{round_no}]", notes=notes)
+            draft = await ctx.run(
+                self.generator, gen_input, label=f"{self.generator.name}[{round_no}]", notes=notes
+            )
             available = {"draft": draft, "task": input, "round": round_no, "intent": ctx.intent}
             review = self.evaluator.input_type.model_validate(
-                {k: available[k] for k in self._eval_fills})
+                {k: available[k] for k in self._eval_fills}
+            )
             evaluation: Evaluation = await ctx.run(
-                self.evaluator, review, label=f"{self.evaluator.name}[{round_no}]")
+                self.evaluator, review, label=f"{self.evaluator.name}[{round_no}]"
+            )
             evaluations.append(evaluation)
             if evaluation.passed:
-                return self.output_type(output=draft, passed=True, rounds=round_no,
-                                        evaluations=evaluations)
+                passed: BaseModel = self.output_type(
+                    output=draft, passed=True, rounds=round_no, evaluations=evaluations
+                )
+                return passed
         ctx.record("loop.capped", max_rounds=self.max_rounds)
-        return self.output_type(output=draft, passed=False, rounds=self.max_rounds,
-                                evaluations=evaluations)
+        capped: BaseModel = self.output_type(
+            output=draft, passed=False, rounds=self.max_rounds, evaluations=evaluations
+        )
+        return capped
 
 
 def _check(generator: Step[Any, Any], evaluator: Step[Any, Any]) -> None:
@@ -87,8 +103,10 @@ def _check(generator: Step[Any, Any], evaluator: Step[Any, Any]) -> None:
         problems.append(f"evaluator output {evaluator.output_type.__name__} is not an Evaluation")
     fields = evaluator.input_type.model_fields
     if "draft" not in fields:
-        problems.append(f"evaluator input {evaluator.input_type.__name__} has no 'draft' field "
-                        f"for the generator's {generator.output_type.__name__}")
+        problems.append(
+            f"evaluator input {evaluator.input_type.__name__} has no 'draft' field "
+            f"for the generator's {generator.output_type.__name__}"
+        )
     else:
         problem = annotation_problem(generator.output_type, fields["draft"].annotation)
         if problem:
@@ -105,11 +123,16 @@ def _check(generator: Step[Any, Any], evaluator: Step[Any, Any]) -> None:
         if field is not None and field.is_required():
             problems.append(f"generator input field {name!r} must be optional (empty in round 1)")
     if problems:
-        raise ContractError(f"loop: {generator.name!r} and {evaluator.name!r} do not fit",
-                            source=generator.name, target=evaluator.name, problems=problems)
+        raise ContractError(
+            f"loop: {generator.name!r} and {evaluator.name!r} do not fit",
+            source=generator.name,
+            target=evaluator.name,
+            problems=problems,
+        )
 
 
-def loop(generator: Step[Any, Any], evaluator: Step[Any, Any], *, max_rounds: int,
-         name: str = "loop") -> Step[Any, Any]:
+def loop(
+    generator: Step[Any, Any], evaluator: Step[Any, Any], *, max_rounds: int, name: str = "loop"
+) -> Step[Any, Any]:
     """Refine a draft until the evaluator passes it or ``max_rounds`` is reached."""
     return Loop(generator, evaluator, max_rounds=max_rounds, name=name)

@@ -33,13 +33,22 @@ class Orchestrate(Step[Any, Any]):
 
     kind = "orchestrate"
 
-    def __init__(self, planner: Step[Any, Any], *, workers: Sequence[Step[Any, Any]],
-                 synthesizer: Step[Any, Any], max_plan_attempts: int = 3,
-                 name: str = "orchestrate") -> None:
+    def __init__(
+        self,
+        planner: Step[Any, Any],
+        *,
+        workers: Sequence[Step[Any, Any]],
+        synthesizer: Step[Any, Any],
+        max_plan_attempts: int = 3,
+        name: str = "orchestrate",
+    ) -> None:
         if not issubclass(planner.output_type, Plan):
-            raise ContractError(f"orchestrate: planner {planner.name!r} must return a Plan, "
-                                f"not {planner.output_type.__name__}", source=planner.name,
-                                target="orchestrate")
+            raise ContractError(
+                f"orchestrate: planner {planner.name!r} must return a Plan, "
+                f"not {planner.output_type.__name__}",
+                source=planner.name,
+                target="orchestrate",
+            )
         if not workers:
             raise ConfigurationError("orchestrate() needs at least one worker")
         self.workers = {w.name: w for w in workers}
@@ -47,12 +56,16 @@ class Orchestrate(Step[Any, Any]):
             raise ConfigurationError("orchestrate(): worker names must be unique")
         if max_plan_attempts < 1:
             raise ConfigurationError("orchestrate(): max_plan_attempts must be >= 1")
-        problems = handoff_problems(PlanExecution, synthesizer.input_type,
-                                    filled=SYNTHESIZER_FILLED)
+        problems = handoff_problems(
+            PlanExecution, synthesizer.input_type, filled=SYNTHESIZER_FILLED
+        )
         if problems:
             raise ContractError(
                 f"orchestrate: synthesizer {synthesizer.name!r} must accept a PlanExecution",
-                source="plan", target=synthesizer.name, problems=problems)
+                source="plan",
+                target=synthesizer.name,
+                problems=problems,
+            )
         self.planner = planner
         self.synthesizer = synthesizer
         self.max_plan_attempts = max_plan_attempts
@@ -66,25 +79,35 @@ class Orchestrate(Step[Any, Any]):
         return (self.planner, *self.workers.values(), self.synthesizer)
 
     async def invoke(self, input: BaseModel, ctx: RunContext) -> BaseModel:
-        gate = Gate(check=self.plan_problems, guidance=self.briefing(), error=PlanRejected,
-                    max_attempts=self.max_plan_attempts)
+        gate = Gate(
+            check=self.plan_problems,
+            guidance=self.briefing(),
+            error=PlanRejected,
+            max_attempts=self.max_plan_attempts,
+        )
         plan: Plan = await ctx.run(self.planner, input, gate=gate)
         planner_node = ctx.node.children[-1]
         attempts = 1 + sum(e["event"] == "output.gate_failed" for e in planner_node.events)
         ctx.record("plan", plan=plan.model_dump(mode="json"), attempts=attempts)
         outputs = await self._execute(plan, ctx)
-        results = [WorkerResult(step_id=s.id, worker=s.worker,
-                                output=outputs[s.id].model_dump(mode="json"))
-                   for s in plan.steps]
+        results = [
+            WorkerResult(
+                step_id=s.id, worker=s.worker, output=outputs[s.id].model_dump(mode="json")
+            )
+            for s in plan.steps
+        ]
         data: dict[str, Any] = {"plan": plan, "results": results}
         if "task" in self._synth_fills:
             data["task"] = input
         if "intent" in self._synth_fills:
             data["intent"] = ctx.intent
-        synthesis = await ctx.run(self.synthesizer,
-                                  self.synthesizer.input_type.model_validate(data))
-        return self.output_type(output=synthesis, plan=plan, results=results,
-                                plan_attempts=attempts)
+        synthesis = await ctx.run(
+            self.synthesizer, self.synthesizer.input_type.model_validate(data)
+        )
+        result: BaseModel = self.output_type(
+            output=synthesis, plan=plan, results=results, plan_attempts=attempts
+        )
+        return result
 
     async def _execute(self, plan: Plan, ctx: RunContext) -> dict[str, BaseModel]:
         done: dict[str, BaseModel] = {}
@@ -96,8 +119,9 @@ class Orchestrate(Step[Any, Any]):
             worker = self.workers[planned.worker]
             data = {k: _resolve(v, done) for k, v in planned.input.items()}
             worker_input = worker.input_type.model_validate(data)
-            done[planned.id] = await ctx.run(worker, worker_input,
-                                             label=f"{worker.name}[{planned.id}]")
+            done[planned.id] = await ctx.run(
+                worker, worker_input, label=f"{worker.name}[{planned.id}]"
+            )
             finished[planned.id].set()
 
         try:
@@ -110,18 +134,20 @@ class Orchestrate(Step[Any, Any]):
 
     def briefing(self) -> str:
         """What the planner is told: the workers, their input schemas, the rules."""
-        lines = ["Plan the work as a Plan: each step has a unique 'id', a 'worker' from the "
-                 "list below, an 'input' object matching that worker's input schema, and "
-                 "'depends_on' (ids of steps that must finish first). Steps without "
-                 "dependencies run in parallel. An input value {\"$ref\": \"STEP_ID\"} or "
-                 "{\"$ref\": \"STEP_ID.FIELD\"} passes an earlier step's output; the step "
-                 "must be in depends_on.", "Workers:"]
+        lines = [
+            "Plan the work as a Plan: each step has a unique 'id', a 'worker' from the "
+            "list below, an 'input' object matching that worker's input schema, and "
+            "'depends_on' (ids of steps that must finish first). Steps without "
+            'dependencies run in parallel. An input value {"$ref": "STEP_ID"} or '
+            '{"$ref": "STEP_ID.FIELD"} passes an earlier step\'s output; the step '
+            "must be in depends_on.",
+            "Workers:",
+        ]
         for worker in self.workers.values():
             schema = json.dumps(worker.input_type.model_json_schema(), separators=(",", ":"))
             outputs = ", ".join(worker.output_type.model_fields)
             about = f" {worker.description}" if worker.description else ""
-            lines.append(f"- {worker.name}:{about} input schema {schema}; output fields: "
-                         f"{outputs}")
+            lines.append(f"- {worker.name}:{about} input schema {schema}; output fields: {outputs}")
         return "\n".join(lines)
 
     def plan_problems(self, plan: Plan) -> list[str]:
@@ -137,8 +163,10 @@ class Orchestrate(Step[Any, Any]):
         for s in plan.steps:
             worker = self.workers.get(s.worker)
             if worker is None:
-                problems.append(f"step {s.id!r} names unknown worker {s.worker!r}; "
-                                f"workers are {sorted(self.workers)}")
+                problems.append(
+                    f"step {s.id!r} names unknown worker {s.worker!r}; "
+                    f"workers are {sorted(self.workers)}"
+                )
             for dep in s.depends_on:
                 if dep not in by_id:
                     problems.append(f"step {s.id!r} depends on unknown step {dep!r}")
@@ -149,20 +177,25 @@ class Orchestrate(Step[Any, Any]):
             problems.append("the plan has a cycle: " + " -> ".join(cycle))
         return problems
 
-    def _input_problems(self, s: PlanStep, worker: Step[Any, Any],
-                        by_id: dict[str, PlanStep]) -> list[str]:
+    def _input_problems(
+        self, s: PlanStep, worker: Step[Any, Any], by_id: dict[str, PlanStep]
+    ) -> list[str]:
         problems: list[str] = []
         refs = {k: v["$ref"] for k, v in s.input.items() if _is_ref(v)}
         for field_name, ref in refs.items():
             target, _, attr = str(ref).partition(".")
             if target not in s.depends_on:
-                problems.append(f"step {s.id!r} input {field_name!r} refers to {target!r}, "
-                                "which is not in its depends_on")
+                problems.append(
+                    f"step {s.id!r} input {field_name!r} refers to {target!r}, "
+                    "which is not in its depends_on"
+                )
             elif attr and target in by_id and by_id[target].worker in self.workers:
                 source = self.workers[by_id[target].worker].output_type
                 if attr not in source.model_fields:
-                    problems.append(f"step {s.id!r} input {field_name!r} refers to unknown "
-                                    f"field {attr!r} of {source.__name__}")
+                    problems.append(
+                        f"step {s.id!r} input {field_name!r} refers to unknown "
+                        f"field {attr!r} of {source.__name__}"
+                    )
         try:
             worker.input_type.model_validate({k: v for k, v in s.input.items() if k not in refs})
         except ValidationError as exc:
@@ -170,12 +203,13 @@ class Orchestrate(Step[Any, Any]):
                 loc = ".".join(str(p) for p in e["loc"])
                 if e["type"] == "missing" and e["loc"][0] in refs:
                     continue
-                problems.append(f"step {s.id!r} input for {worker.name!r} at "
-                                f"{loc or '(root)'}: {e['msg']}")
+                problems.append(
+                    f"step {s.id!r} input for {worker.name!r} at {loc or '(root)'}: {e['msg']}"
+                )
         return problems
 
 
-def Orchestrated_of(output_type: type[BaseModel]) -> type[BaseModel]:  # noqa: N802
+def Orchestrated_of(output_type: type[BaseModel]) -> type[BaseModel]:
     from ..contracts import Orchestrated
 
     return Orchestrated[output_type]  # type: ignore[valid-type]
@@ -203,7 +237,7 @@ def _find_cycle(steps: list[PlanStep]) -> list[str]:
         stack.append(node)
         for dep in graph.get(node, []):
             if state.get(dep) == 1:
-                return [*stack[stack.index(dep):], dep]
+                return [*stack[stack.index(dep) :], dep]
             if dep in graph and dep not in state:
                 found = visit(dep)
                 if found:
@@ -225,9 +259,19 @@ def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def orchestrate(planner: Step[Any, Any], *, workers: Sequence[Step[Any, Any]],
-                synthesizer: Step[Any, Any], max_plan_attempts: int = 3,
-                name: str = "orchestrate") -> Step[Any, Any]:
+def orchestrate(
+    planner: Step[Any, Any],
+    *,
+    workers: Sequence[Step[Any, Any]],
+    synthesizer: Step[Any, Any],
+    max_plan_attempts: int = 3,
+    name: str = "orchestrate",
+) -> Step[Any, Any]:
     """Plan with ``planner``, execute on ``workers``, combine with ``synthesizer``."""
-    return Orchestrate(planner, workers=workers, synthesizer=synthesizer,
-                       max_plan_attempts=max_plan_attempts, name=name)
+    return Orchestrate(
+        planner,
+        workers=workers,
+        synthesizer=synthesizer,
+        max_plan_attempts=max_plan_attempts,
+        name=name,
+    )

@@ -32,8 +32,9 @@ class Parallel(Step[Any, Any]):
 
     kind = "parallel"
 
-    def __init__(self, branches: dict[str, Step[Any, Any]], merge: Step[Any, Any], *,
-                 name: str = "parallel") -> None:
+    def __init__(
+        self, branches: dict[str, Step[Any, Any]], merge: Step[Any, Any], *, name: str = "parallel"
+    ) -> None:
         if len(branches) < 2:
             raise ConfigurationError("parallel() needs at least two branches")
         if merge.name in branches:
@@ -46,7 +47,10 @@ class Parallel(Step[Any, Any]):
                 raise ContractError(
                     f"parallel: branch {label!r} cannot take the input "
                     f"{self.input_type.__name__} the other branches take",
-                    source="input", target=label, problems=problems)
+                    source="input",
+                    target=label,
+                    problems=problems,
+                )
         _check_merge_input(branches, merge)
         _check_merge_output(merge)
         self.branches = branches
@@ -54,8 +58,9 @@ class Parallel(Step[Any, Any]):
         self.name = name
         self.identity = AgentIdentity(name=name)
         self.output_type = merge.output_type
-        self._inputs = {label: Handoff(self.input_type, b.input_type)
-                        for label, b in branches.items()}
+        self._inputs = {
+            label: Handoff(self.input_type, b.input_type) for label, b in branches.items()
+        }
         fields = merge.input_type.model_fields
         self._fills = {k for k in FILLED if k in fields}
 
@@ -65,17 +70,21 @@ class Parallel(Step[Any, Any]):
     async def invoke(self, input: BaseModel, ctx: RunContext) -> BaseModel:
         labels = list(self.branches)
         results = await asyncio.gather(
-            *(ctx.run(self.branches[label], self._inputs[label](input), label=label)
-              for label in labels),
-            return_exceptions=True)
+            *(
+                ctx.run(self.branches[label], self._inputs[label](input), label=label)
+                for label in labels
+            ),
+            return_exceptions=True,
+        )
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # the other branches' outputs stay in the trace
         outputs = dict(zip(labels, typing.cast(list[BaseModel], results), strict=True))
         conflicts = detect_conflicts(outputs)
         if conflicts:
-            ctx.record("conflicts.detected", conflicts=[c.model_dump(mode="json")
-                                                       for c in conflicts])
+            ctx.record(
+                "conflicts.detected", conflicts=[c.model_dump(mode="json") for c in conflicts]
+            )
         data: dict[str, Any] = dict(outputs)
         if "conflicts" in self._fills:
             data["conflicts"] = conflicts
@@ -84,8 +93,11 @@ class Parallel(Step[Any, Any]):
         merge_input = self.merge.input_type.model_validate(data)
         gate = None
         if conflicts:
-            gate = Gate(check=lambda out: missing_conflicts(conflicts, out),
-                        guidance=render_conflicts(conflicts), error=ConflictsDropped)
+            gate = Gate(
+                check=lambda out: missing_conflicts(conflicts, out),
+                guidance=render_conflicts(conflicts),
+                error=ConflictsDropped,
+            )
         return await ctx.run(self.merge, merge_input, gate=gate)
 
 
@@ -94,8 +106,9 @@ def _check_merge_input(branches: dict[str, Step[Any, Any]], merge: Step[Any, Any
     problems = []
     for label, branch in branches.items():
         if label not in fields:
-            problems.append(f"missing field {label!r} for branch {label!r} "
-                            f"({branch.output_type.__name__})")
+            problems.append(
+                f"missing field {label!r} for branch {label!r} ({branch.output_type.__name__})"
+            )
             continue
         problem = annotation_problem(branch.output_type, fields[label].annotation)
         if problem:
@@ -106,23 +119,31 @@ def _check_merge_input(branches: dict[str, Step[Any, Any]], merge: Step[Any, Any
     if problems:
         raise ContractError(
             f"parallel: merge {merge.name!r} ({merge.input_type.__name__}) needs one field per "
-            f"branch with that branch's output type", source=", ".join(branches),
-            target=merge.name, problems=problems)
+            f"branch with that branch's output type",
+            source=", ".join(branches),
+            target=merge.name,
+            problems=problems,
+        )
 
 
 def _check_merge_output(merge: Step[Any, Any]) -> None:
     field = merge.output_type.model_fields.get("conflicts")
     ok = field is not None and any(
-        isinstance(a, type) and issubclass(a, Conflict) for a in get_args(field.annotation))
+        isinstance(a, type) and issubclass(a, Conflict) for a in get_args(field.annotation)
+    )
     if not ok:
         raise ContractError(
             f"parallel: merge {merge.name!r} must be able to carry conflicts: its output "
             f"{merge.output_type.__name__} needs a 'conflicts: list[Conflict]' field "
-            "(or use SynthesizedReport)", source="merge", target=merge.name,
-            problems=["missing field 'conflicts' (list[Conflict])"])
+            "(or use SynthesizedReport)",
+            source="merge",
+            target=merge.name,
+            problems=["missing field 'conflicts' (list[Conflict])"],
+        )
 
 
-def parallel(*, merge: Step[Any, Any], name: str = "parallel",
-             **branches: Step[Any, Any]) -> Step[Any, Any]:
+def parallel(
+    *, merge: Step[Any, Any], name: str = "parallel", **branches: Step[Any, Any]
+) -> Step[Any, Any]:
     """Run ``branches`` concurrently on one input and merge them, conflicts surfaced."""
     return Parallel(branches, merge, name=name)

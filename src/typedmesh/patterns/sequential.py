@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
@@ -32,26 +33,30 @@ class Sequential(Step[Any, Any]):
     def __init__(self, steps: tuple[Step[Any, Any], ...], *, name: str = "sequential") -> None:
         if not steps:
             raise ConfigurationError("sequential() needs at least one step")
-        for previous, following in zip(steps, steps[1:], strict=False):
+        for previous, following in itertools.pairwise(steps):
             problems = handoff_problems(previous.output_type, following.input_type)
             if problems:
                 raise ContractError(
                     f"sequential: {following.name!r} ({following.input_type.__name__}) cannot "
                     f"accept the output of {previous.name!r} ({previous.output_type.__name__})",
-                    source=previous.name, target=following.name, problems=problems)
+                    source=previous.name,
+                    target=following.name,
+                    problems=problems,
+                )
         self.steps = steps
         self.name = name
         self.identity = AgentIdentity(name=name)
         self.input_type = steps[0].input_type
         self.output_type = steps[-1].output_type
-        self._handoffs = [Handoff(p.output_type, f.input_type)
-                          for p, f in zip(steps, steps[1:], strict=False)]
+        self._handoffs = [
+            Handoff(p.output_type, f.input_type) for p, f in itertools.pairwise(steps)
+        ]
 
     def children(self) -> tuple[Step[Any, Any], ...]:
         return self.steps
 
     async def invoke(self, input: BaseModel, ctx: RunContext) -> BaseModel:
-        value = await ctx.run(self.steps[0], input)
+        value: BaseModel = await ctx.run(self.steps[0], input)
         for handoff, step in zip(self._handoffs, self.steps[1:], strict=True):
             value = await ctx.run(step, handoff(value))
         return value
@@ -60,11 +65,13 @@ class Sequential(Step[Any, Any]):
 @overload
 def sequential(a: Step[A, Any], b: Step[Any, B], /, *, name: str = ...) -> Step[A, B]: ...
 @overload
-def sequential(a: Step[A, Any], b: Step[Any, Any], c: Step[Any, C], /, *,
-               name: str = ...) -> Step[A, C]: ...
+def sequential(
+    a: Step[A, Any], b: Step[Any, Any], c: Step[Any, C], /, *, name: str = ...
+) -> Step[A, C]: ...
 @overload
-def sequential(a: Step[A, Any], b: Step[Any, Any], c: Step[Any, Any], d: Step[Any, D], /, *,
-               name: str = ...) -> Step[A, D]: ...
+def sequential(
+    a: Step[A, Any], b: Step[Any, Any], c: Step[Any, Any], d: Step[Any, D], /, *, name: str = ...
+) -> Step[A, D]: ...
 @overload
 def sequential(*steps: Step[Any, Any], name: str = ...) -> Step[Any, Any]: ...
 

@@ -28,15 +28,21 @@ class Budget:
         if self.max_model_calls is not None and spent.model_calls >= self.max_model_calls:
             raise BudgetExceeded(
                 f"model call budget of {self.max_model_calls} used up",
-                limit="max_model_calls", value=self.max_model_calls, spent=spent.model_calls,
+                limit="max_model_calls",
+                value=self.max_model_calls,
+                spent=spent.model_calls,
             )
         if self.max_tokens is not None and spent.total_tokens >= self.max_tokens:
             raise BudgetExceeded(
                 f"token budget of {self.max_tokens} used up ({spent.total_tokens} spent)",
-                limit="max_tokens", value=self.max_tokens, spent=spent.total_tokens,
+                limit="max_tokens",
+                value=self.max_tokens,
+                spent=spent.total_tokens,
             )
         if self.max_cost_usd is not None and spent.cost_usd >= self.max_cost_usd:
             raise BudgetExceeded(
                 f"cost budget of ${self.max_cost_usd:.4f} used up (${spent.cost_usd:.4f} spent)",
-                limit="max_cost_usd", value=self.max_cost_usd, spent=spent.cost_usd,
+                limit="max_cost_usd",
+                value=self.max_cost_usd,
+                spent=spent.cost_usd,
             )

@@ -55,11 +55,27 @@ class RunState:
 class RunContext:
     """The context of one step invocation: its path, trace node and effect counters."""
 
-    __slots__ = ("_children", "_counters", "_run", "idempotency_key", "node", "notes", "path",
-                 "step")
+    __slots__ = (
+        "_children",
+        "_counters",
+        "_run",
+        "idempotency_key",
+        "node",
+        "notes",
+        "path",
+        "step",
+    )
 
-    def __init__(self, run: RunState, path: str, node: TraceNode, step: Step[Any, Any] | None,
-                 *, idempotency_key: str | None = None, notes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        run: RunState,
+        path: str,
+        node: TraceNode,
+        step: Step[Any, Any] | None,
+        *,
+        idempotency_key: str | None = None,
+        notes: tuple[str, ...] = (),
+    ) -> None:
         self._run = run
         self.path = path
         self.node = node
@@ -97,8 +113,15 @@ class RunContext:
 
     # -- child steps -------------------------------------------------------------
 
-    async def run(self, step: Step[Any, Out], input: BaseModel, *, label: str | None = None,
-                  gate: Gate | None = None, notes: tuple[str, ...] = ()) -> Out:
+    async def run(
+        self,
+        step: Step[Any, Out],
+        input: BaseModel,
+        *,
+        label: str | None = None,
+        gate: Gate | None = None,
+        notes: tuple[str, ...] = (),
+    ) -> Out:
         """Run a child step under this one, traced, at path ``self.path/label``.
 
         ``gate`` checks its output beyond its model; ``notes`` are told to it
@@ -116,8 +139,9 @@ class RunContext:
 
     # -- models ------------------------------------------------------------------
 
-    async def call_model(self, model: Model, request: ModelRequest, *,
-                         retry: RetryPolicy = NO_RETRY) -> ModelResponse:
+    async def call_model(
+        self, model: Model, request: ModelRequest, *, retry: RetryPolicy = NO_RETRY
+    ) -> ModelResponse:
         """Call a model: budget-checked, retried on transient errors, priced, traced."""
         run = self._run
         attempt = 0
@@ -133,8 +157,13 @@ class RunContext:
             except Exception as exc:
                 if retry.should_retry(exc, attempt):
                     delay = retry.delay(attempt)
-                    self.record("model.retry", key=key, attempt=attempt,
-                                error=f"{type(exc).__name__}: {exc}", delay_s=delay)
+                    self.record(
+                        "model.retry",
+                        key=key,
+                        attempt=attempt,
+                        error=f"{type(exc).__name__}: {exc}",
+                        delay_s=delay,
+                    )
                     await asyncio.sleep(delay)
                     continue
                 raise
@@ -176,14 +205,19 @@ class RunContext:
             parsed = tool.parse_arguments(arguments)
         except ValidationError as exc:
             self.record("tool.invalid_arguments", tool=tool.name, errors=_errors(exc))
-            raise ToolError(f"invalid arguments for tool {tool.name!r}: "
-                            + "; ".join(_errors(exc)), tool=tool.name) from exc
+            raise ToolError(
+                f"invalid arguments for tool {tool.name!r}: " + "; ".join(_errors(exc)),
+                tool=tool.name,
+            ) from exc
         key = self.effect_key("tool")
         idempotency_key = hashlib.sha256(f"{self.run_id}:{key}".encode()).hexdigest()[:32]
-        tool_ctx = RunContext(self._run, key, self.node, self.step,
-                              idempotency_key=idempotency_key)
-        request = {"tool": tool.name, "arguments": parsed.model_dump(mode="json"),
-                   "idempotency_key": idempotency_key, "idempotent": tool.idempotent}
+        tool_ctx = RunContext(self._run, key, self.node, self.step, idempotency_key=idempotency_key)
+        request = {
+            "tool": tool.name,
+            "arguments": parsed.model_dump(mode="json"),
+            "idempotency_key": idempotency_key,
+            "idempotent": tool.idempotent,
+        }
 
         async def execute() -> Any:
             try:
@@ -191,8 +225,9 @@ class RunContext:
             except TypedMeshError:
                 raise
             except Exception as exc:
-                raise ToolError(f"tool {tool.name!r} raised {type(exc).__name__}: {exc}",
-                                tool=tool.name) from exc
+                raise ToolError(
+                    f"tool {tool.name!r} raised {type(exc).__name__}: {exc}", tool=tool.name
+                ) from exc
 
         try:
             result = await self._run.effects.perform(self, key, "tool", request, execute)
@@ -209,13 +244,15 @@ class RunContext:
     def now(self) -> datetime:
         """The current UTC time, as an effect: a replay sees the recorded time."""
         value: datetime = self._run.effects.perform_sync(
-            self, self.effect_key("clock"), "clock", utc_now)
+            self, self.effect_key("clock"), "clock", utc_now
+        )
         return value
 
     def random(self) -> float:
         """A uniform draw in [0, 1), as an effect: a replay sees the recorded draw."""
         value: float = self._run.effects.perform_sync(
-            self, self.effect_key("random"), "random", random_draw)
+            self, self.effect_key("random"), "random", random_draw
+        )
         return value
 
 
@@ -230,8 +267,9 @@ async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
         raise ModelError(f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
-async def invoke_traced(step: Step[Any, Out], input: BaseModel, ctx: RunContext,
-                        gate: Gate | None) -> Out:
+async def invoke_traced(
+    step: Step[Any, Out], input: BaseModel, ctx: RunContext, gate: Gate | None
+) -> Out:
     """Invoke ``step`` in ``ctx`` and close its trace node however it ends."""
     node = ctx.node
     try:

@@ -27,13 +27,20 @@ EffectKind = Literal["model", "tool", "clock", "random"]
 class Effects(Protocol):
     """Performs effects; may serve them from a record instead of executing."""
 
-    async def perform(self, ctx: RunContext, key: str, kind: EffectKind, request: Any,
-                      execute: Callable[[], Awaitable[Any]]) -> Any:
+    async def perform(
+        self,
+        ctx: RunContext,
+        key: str,
+        kind: EffectKind,
+        request: Any,
+        execute: Callable[[], Awaitable[Any]],
+    ) -> Any:
         """Return the effect's result: recorded, or by awaiting ``execute()``."""
         ...
 
-    def perform_sync(self, ctx: RunContext, key: str, kind: EffectKind,
-                     execute: Callable[[], Any]) -> Any:
+    def perform_sync(
+        self, ctx: RunContext, key: str, kind: EffectKind, execute: Callable[[], Any]
+    ) -> Any:
         """The same for effects that need no await (clock, random)."""
         ...
 
@@ -43,12 +50,19 @@ class LiveEffects:
 
     __slots__ = ()
 
-    async def perform(self, ctx: RunContext, key: str, kind: EffectKind, request: Any,
-                      execute: Callable[[], Awaitable[Any]]) -> Any:
+    async def perform(
+        self,
+        ctx: RunContext,
+        key: str,
+        kind: EffectKind,
+        request: Any,
+        execute: Callable[[], Awaitable[Any]],
+    ) -> Any:
         return await execute()
 
-    def perform_sync(self, ctx: RunContext, key: str, kind: EffectKind,
-                     execute: Callable[[], Any]) -> Any:
+    def perform_sync(
+        self, ctx: RunContext, key: str, kind: EffectKind, execute: Callable[[], Any]
+    ) -> Any:
         return execute()
 
 

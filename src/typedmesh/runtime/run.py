@@ -52,7 +52,7 @@ def coerce_input(flow: Step[In, Any], value: Any) -> In:
     """Validate a run input against the flow's input model, before any model call."""
     expected = flow.input_type
     if type(value) is expected:
-        return value  # type: ignore[no-any-return]
+        return value
     try:
         if isinstance(value, BaseModel):
             return expected.model_validate(value.model_dump())
@@ -61,18 +61,22 @@ def coerce_input(flow: Step[In, Any], value: Any) -> In:
         return expected.model_validate(value)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        lines = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
-                          for e in errors)
+        lines = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in errors)
         raise InputValidationError(
             f"input for {flow.name!r} does not fit {expected.__name__}: {lines}",
             errors=json.loads(json.dumps(errors, default=str)),
         ) from exc
 
 
-async def arun(flow: Step[In, Out], input: In | dict[str, Any] | str, *,
-               intent: Intent | None = None, run_id: str | None = None,
-               budget: Budget | None = None,
-               grant: Iterable[str] | None = None) -> RunResult[Out]:
+async def arun(
+    flow: Step[In, Out],
+    input: In | dict[str, Any] | str,
+    *,
+    intent: Intent | None = None,
+    run_id: str | None = None,
+    budget: Budget | None = None,
+    grant: Iterable[str] | None = None,
+) -> RunResult[Out]:
     """Run ``flow`` on ``input`` and return its typed result.
 
     ``intent`` reaches every agent's prompt and every evaluator; ``budget``
@@ -84,8 +88,12 @@ async def arun(flow: Step[In, Out], input: In | dict[str, Any] | str, *,
     if not isinstance(flow, Step):
         raise ConfigurationError(f"run() needs a Step, got {type(flow).__name__}")
     validated = coerce_input(flow, input)
-    state = RunState(run_id=run_id or uuid.uuid4().hex, intent=intent, budget=budget,
-                     grant=None if grant is None else frozenset(grant))
+    state = RunState(
+        run_id=run_id or uuid.uuid4().hex,
+        intent=intent,
+        budget=budget,
+        grant=None if grant is None else frozenset(grant),
+    )
     root = TraceNode(name=flow.name, kind=flow.kind, path=flow.name, identity=flow.identity)
     ctx = RunContext(state, flow.name, root, flow)
     try:
@@ -94,17 +102,30 @@ async def arun(flow: Step[In, Out], input: In | dict[str, Any] | str, *,
         exc.run_id = state.run_id
         exc.partial = root
         raise
-    return RunResult(output=output, run_id=state.run_id, usage=state.usage,
-                     cost_usd=state.usage.cost_usd, trace=root, intent=intent)
+    return RunResult(
+        output=output,
+        run_id=state.run_id,
+        usage=state.usage,
+        cost_usd=state.usage.cost_usd,
+        trace=root,
+        intent=intent,
+    )
 
 
-def run(flow: Step[In, Out], input: In | dict[str, Any] | str, *,
-        intent: Intent | None = None, run_id: str | None = None,
-        budget: Budget | None = None, grant: Iterable[str] | None = None) -> RunResult[Out]:
+def run(
+    flow: Step[In, Out],
+    input: In | dict[str, Any] | str,
+    *,
+    intent: Intent | None = None,
+    run_id: str | None = None,
+    budget: Budget | None = None,
+    grant: Iterable[str] | None = None,
+) -> RunResult[Out]:
     """Synchronous twin of ``arun``, for scripts; inside an event loop use ``arun``."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(arun(flow, input, intent=intent, run_id=run_id, budget=budget,
-                                grant=grant))
+        return asyncio.run(
+            arun(flow, input, intent=intent, run_id=run_id, budget=budget, grant=grant)
+        )
     raise ConfigurationError("run() was called inside an event loop: use 'await arun(...)'")

@@ -47,14 +47,14 @@ class TraceNode:
     def duration_ms(self) -> float | None:
         return None if self.ended is None else (self.ended - self.started) * 1000
 
-    def child(self, name: str, kind: str, path: str,
-              identity: AgentIdentity | None) -> TraceNode:
+    def child(self, name: str, kind: str, path: str, identity: AgentIdentity | None) -> TraceNode:
         node = TraceNode(name=name, kind=kind, path=path, identity=identity)
         self.children.append(node)
         return node
 
-    def finish(self, status: str, *, output: BaseModel | None = None,
-               error: str | None = None) -> None:
+    def finish(
+        self, status: str, *, output: BaseModel | None = None, error: str | None = None
+    ) -> None:
         self.ended = time.perf_counter()
         self.status = status
         self.output = output
