@@ -3,6 +3,7 @@
 from .budget import Budget
 from .context import RunContext
 from .effects import Effects, LiveEffects
+from .replay import FieldChange, ReplayResult, areplay, aresume, replay, resume
 from .retry import RetryPolicy
 from .run import RunResult, arun, run
 from .trace import TraceNode
@@ -10,11 +11,17 @@ from .trace import TraceNode
 __all__ = [
     "Budget",
     "Effects",
+    "FieldChange",
     "LiveEffects",
+    "ReplayResult",
     "RetryPolicy",
     "RunContext",
     "RunResult",
     "TraceNode",
+    "areplay",
+    "aresume",
     "arun",
+    "replay",
+    "resume",
     "run",
 ]

@@ -32,6 +32,7 @@ from .retry import NO_RETRY, RetryPolicy
 from .trace import TraceNode
 
 if TYPE_CHECKING:
+    from ..journal.writer import RunWriter
     from ..step import Gate, Step
     from ..tools import Tool
 
@@ -50,6 +51,23 @@ class RunState:
     grant: frozenset[str] | None = None
     effects: Effects = field(default_factory=LiveEffects)
     usage: Usage = field(default_factory=Usage)
+    sink: RunWriter | None = None
+    """The journal writer, when the run is journaled."""
+    completed: dict[str, dict[str, Any]] | None = None
+    """On resume: outputs of steps the journal shows finished, by path."""
+    swaps: dict[str, Step[Any, Any]] = field(default_factory=dict)
+    """On what-if replay: steps to run instead of the flow's, by name."""
+    live_paths: set[str] = field(default_factory=set)
+    """On what-if replay: paths of swapped steps, whose effects always run live."""
+    identities: dict[int, dict[str, str]] = field(default_factory=dict)
+
+    def agent_dict(self, step: Step[Any, Any] | None) -> dict[str, str] | None:
+        if step is None:
+            return None
+        found = self.identities.get(id(step))
+        if found is None:
+            found = self.identities[id(step)] = step.identity.model_dump()
+        return found
 
 
 class RunContext:
@@ -100,6 +118,12 @@ class RunContext:
         """What the whole run has spent so far."""
         return self._run.usage
 
+    @property
+    def runs_live(self) -> bool:
+        """Whether this context is inside a step swapped in by a what-if replay."""
+        live = self._run.live_paths
+        return bool(live) and any(self.path == p or self.path.startswith(p + "/") for p in live)
+
     def effect_key(self, kind: str) -> str:
         """The next deterministic key for an effect of ``kind`` at this path."""
         n = self._counters.get(kind, 0)
@@ -107,9 +131,30 @@ class RunContext:
         return f"{self.path}/{kind}#{n}"
 
     def record(self, event: str, **data: Any) -> None:
-        """Note a boundary event on this step's trace node."""
+        """Note a boundary event on this step's trace node (and in the journal)."""
+        sink = self._run.sink
+        if sink is not None:
+            span, parent, agent = self.event_origin()
+            sink.emit(
+                event,
+                self.path,
+                dict(data),
+                key=data.get("key"),
+                span_id=span,
+                parent_span_id=parent,
+                agent=agent,
+            )
         data["event"] = event
         self.node.events.append(data)
+
+    def event_origin(self) -> tuple[str, str | None, dict[str, str] | None]:
+        """Span id, parent span id and agent identity for a journal event from here."""
+        parent_path = self.path.rpartition("/")[0]
+        return (
+            span_id(self.run_id, self.path),
+            span_id(self.run_id, parent_path) if parent_path else None,
+            self._run.agent_dict(self.step),
+        )
 
     # -- child steps -------------------------------------------------------------
 
@@ -127,14 +172,22 @@ class RunContext:
         ``gate`` checks its output beyond its model; ``notes`` are told to it
         (an agent puts them in its system prompt).
         """
+        run = self._run
+        swapped = bool(run.swaps) and step.name in run.swaps
+        if swapped:
+            step = run.swaps[step.name]
         label = label or step.name
         seen = self._children.get(label, 0)
         self._children[label] = seen + 1
         if seen:
             label = f"{label}~{seen + 1}"
         path = f"{self.path}/{label}"
+        if swapped:
+            run.live_paths.add(path)
         node = self.node.child(label, step.kind, path, step.identity)
-        child = RunContext(self._run, path, node, step, notes=notes)
+        if run.completed is not None and path in run.completed:
+            return restore(step, node, run, run.completed[path])
+        child = RunContext(run, path, node, step, notes=notes)
         return await invoke_traced(step, input, child, gate)
 
     # -- models ------------------------------------------------------------------
@@ -267,11 +320,41 @@ async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
         raise ModelError(f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
+def span_id(run_id: str, path: str) -> str:
+    """A deterministic span id: the same step of the same run always gets the same id."""
+    return hashlib.sha256(f"{run_id}/{path}".encode()).hexdigest()[:16]
+
+
+def restore(step: Step[Any, Out], node: TraceNode, run: RunState, recorded: dict[str, Any]) -> Out:
+    """A step the journal shows finished: its recorded output, without running it again."""
+    output = step.output_type.model_validate(recorded["output"])
+    usage = Usage.model_validate(recorded.get("usage") or {})
+    node.usage = usage
+    run.usage = run.usage + usage
+    node.events.append({"event": "step.restored"})
+    node.finish("ok", output=output)
+    return output
+
+
 async def invoke_traced(
     step: Step[Any, Out], input: BaseModel, ctx: RunContext, gate: Gate | None
 ) -> Out:
     """Invoke ``step`` in ``ctx`` and close its trace node however it ends."""
     node = ctx.node
+    sink = ctx._run.sink
+    span: str | None = None
+    parent: str | None = None
+    agent: dict[str, str] | None = None
+    if sink is not None:
+        span, parent, agent = ctx.event_origin()
+        sink.emit(
+            "step.started",
+            ctx.path,
+            {"kind": step.kind, "name": node.name},
+            span_id=span,
+            parent_span_id=parent,
+            agent=agent,
+        )
     try:
         if gate is None:
             output = await step.invoke(input, ctx)
@@ -284,8 +367,30 @@ async def invoke_traced(
         node.finish("failed", error=f"{type(exc).__name__}: {exc}")
         if isinstance(exc, RunError) and exc.step_path is None:
             exc.step_path = ctx.path
+        if sink is not None:
+            sink.emit(
+                "step.failed",
+                ctx.path,
+                {"type": type(exc).__name__, "message": str(exc)},
+                span_id=span,
+                parent_span_id=parent,
+                agent=agent,
+            )
         raise
     node.finish("ok", output=output)
+    if sink is not None:
+        sink.emit(
+            "step.completed",
+            ctx.path,
+            {
+                "output": output.model_dump(mode="json"),
+                "usage": node.total_usage().model_dump(),
+                "duration_ms": node.duration_ms,
+            },
+            span_id=span,
+            parent_span_id=parent,
+            agent=agent,
+        )
     return output
 
 

@@ -1,0 +1,40 @@
+"""An in-memory journal: for tests and for runs that need replay within one process."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ..errors import JournalCorrupt, RunNotFound
+from .base import Journal, RunInfo, summarize
+from .events import Event
+
+__all__ = ["MemoryJournal"]
+
+
+class MemoryJournal(Journal):
+    """Keeps events as plain dicts, so a caller mutating an Event after write changes nothing."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, list[dict[str, object]]] = {}
+        self._blobs: dict[str, bytes] = {}
+
+    def write(self, events: Sequence[Event], blobs: Mapping[str, bytes]) -> None:
+        self._blobs.update(blobs)
+        for event in events:
+            self._events.setdefault(event.run_id, []).append(event.to_dict())
+
+    def read(self, run_id: str) -> list[Event]:
+        rows = self._events.get(run_id)
+        if not rows:
+            raise RunNotFound(f"no run {run_id!r} in this journal")
+        return [Event.from_dict(dict(row)) for row in rows]
+
+    def blob(self, digest: str) -> bytes:
+        try:
+            return self._blobs[digest]
+        except KeyError:
+            raise JournalCorrupt(f"blob {digest} is missing") from None
+
+    def runs(self) -> list[RunInfo]:
+        infos = [summarize(run_id, self.read(run_id)) for run_id in self._events]
+        return sorted(infos, key=lambda r: r.started_at, reverse=True)

@@ -1,0 +1,257 @@
+"""Resume and replay: the runtime again, with effects served from a journal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from ..contracts import Intent
+from ..errors import ConfigurationError, ContractError, InDoubtError, JournalCorrupt
+from ..handoff import handoff_problems
+from ..journal import DEFAULT_JOURNAL, open_journal
+from ..journal.base import Journal
+from ..journal.events import Event, canonical_json, digest
+from ..journal.verify import load_payload, verify_events
+from ..journal.writer import RunWriter
+from ..step import Step
+from .budget import Budget
+from .context import RunState
+from .durable import InDoubtPolicy, JournalEffects, JournalIndex, index_events
+from .run import RunResult, coerce_input, execute, journal_label, run_sync
+from .trace import TraceNode
+
+__all__ = ["FieldChange", "ReplayResult", "areplay", "aresume", "replay", "resume"]
+
+Out = TypeVar("Out", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """One field of the final output that a what-if replay changed."""
+
+    path: str
+    before: Any
+    after: Any
+
+
+@dataclass(slots=True)
+class ReplayResult(Generic[Out]):
+    """A replay's output, and how it compares with the recorded run."""
+
+    run_id: str
+    output: Out
+    recorded_output: Any
+    identical: bool
+    output_digest: str
+    recorded_digest: str | None
+    served: int
+    executed: int
+    trace: TraceNode
+    changes: list[FieldChange] = field(default_factory=list)
+    swapped: list[str] = field(default_factory=list)
+
+
+def _load(journal: str | Path | Journal, run_id: str) -> tuple[Journal, list[Event], JournalIndex]:
+    store = open_journal(journal, must_exist=True)
+    events = store.read(run_id)
+    report = verify_events(run_id, events, store)
+    if not report.ok:
+        raise JournalCorrupt(
+            f"run {run_id!r} fails verification at event {report.bad_seq} "
+            f"({report.bad_type}): {report.reason}"
+        )
+    if events[0].type != "run.started":
+        raise JournalCorrupt(f"run {run_id!r} does not begin with run.started")
+    return store, events, index_events(events, store)
+
+
+def _settings(
+    flow: Step[Any, Any], started: Event, store: Journal
+) -> tuple[BaseModel, Intent | None, Budget | None, frozenset[str] | None]:
+    payload = started.payload
+    if payload.get("flow") != flow.name:
+        raise ConfigurationError(
+            f"run {started.run_id!r} was made by flow {payload.get('flow')!r}, not {flow.name!r}"
+        )
+    validated = coerce_input(flow, load_payload(started, store, "input"))
+    intent_data = load_payload(started, store, "intent")
+    intent = Intent.model_validate(intent_data) if intent_data else None
+    budget = Budget(**payload["budget"]) if payload.get("budget") else None
+    grant = frozenset(payload["grant"]) if payload.get("grant") is not None else None
+    return validated, intent, budget, grant
+
+
+async def aresume(
+    run_id: str,
+    flow: Step[Any, Out],
+    *,
+    journal: str | Path | Journal = DEFAULT_JOURNAL,
+    in_doubt: InDoubtPolicy = "fail",
+) -> RunResult[Out]:
+    """Continue a run from its journal without repeating any journaled effect.
+
+    Finished steps return their recorded outputs; journaled model and tool
+    calls return their recorded results; the rest runs live and is journaled.
+    A non-idempotent tool call that started but never reported is in doubt:
+    ``in_doubt="fail"`` raises ``InDoubtError`` before anything is written,
+    ``"retry"`` runs it again with the same idempotency key, ``"skip"`` tells
+    the agent it was skipped. A finished run returns its recorded output.
+    """
+    store, events, index = _load(journal, run_id)
+    try:
+        validated, intent, budget, grant = _settings(flow, events[0], store)
+        if in_doubt == "fail":
+            for rec in index.in_doubt():
+                if not rec.idempotent:
+                    key = rec.request_event.key if rec.request_event else "?"
+                    raise InDoubtError(str(key), tool=rec.tool)
+        if events[-1].type == "run.finished":
+            index.completed[flow.name] = {
+                "output": load_payload(events[-1], store, "output"),
+                "usage": events[-1].payload.get("usage", {}),
+            }
+            writer = None
+        else:
+            writer = RunWriter(store, run_id, seq=len(events), prev_hash=events[-1].hash)
+        state = RunState(
+            run_id=run_id,
+            intent=intent,
+            budget=budget,
+            grant=grant,
+            completed=index.completed,
+            sink=writer,
+        )
+        state.effects = JournalEffects(
+            writer, store, recorded=index.effects, mode="resume", in_doubt=in_doubt
+        )
+        if writer is None:
+            return await _restored_result(flow, validated, state, intent, journal)
+        writer.emit(
+            "run.resumed", flow.name, {"after_event": len(events) - 1, "in_doubt": in_doubt}
+        )
+        return await execute(flow, validated, state, intent, journal_label(journal))
+    finally:
+        if store is not journal:
+            store.close()
+
+
+async def _restored_result(
+    flow: Step[Any, Out], validated: BaseModel, state: RunState, intent: Intent | None, journal: Any
+) -> RunResult[Out]:
+    from .context import restore
+
+    root = TraceNode(name=flow.name, kind=flow.kind, path=flow.name, identity=flow.identity)
+    assert state.completed is not None
+    output = restore(flow, root, state, state.completed[flow.name])
+    return RunResult(
+        output=output,
+        run_id=state.run_id,
+        usage=state.usage,
+        cost_usd=state.usage.cost_usd,
+        trace=root,
+        intent=intent,
+        journal=journal_label(journal),
+    )
+
+
+def _check_swap(flow: Step[Any, Any], name: str, new: Step[Any, Any]) -> None:
+    old = next((s for s in flow.walk() if s.name == name), None)
+    if old is None:
+        raise ConfigurationError(f"--swap: the flow has no step named {name!r}")
+    problems = handoff_problems(old.input_type, new.input_type)
+    problems += handoff_problems(new.output_type, old.output_type)
+    if problems:
+        raise ContractError(
+            f"swap {name!r}: the new step's contract does not fit the old one",
+            source=name,
+            target=new.name,
+            problems=problems,
+        )
+
+
+async def areplay(
+    run_id: str,
+    flow: Step[Any, Out],
+    *,
+    journal: str | Path | Journal = DEFAULT_JOURNAL,
+    swap: dict[str, Step[Any, Any]] | None = None,
+) -> ReplayResult[Out]:
+    """Re-run a journaled run with every effect served from the journal.
+
+    Strict (no ``swap``): zero live model or tool calls; a missing effect or a
+    request that differs from the recorded one raises ``NonDeterminismError``
+    naming the effect key. What-if (``swap={"name": new_step}``): the named
+    steps run live, as does anything downstream whose request changed; the
+    result lists how the final output changed. Nothing is written.
+    """
+    store, events, index = _load(journal, run_id)
+    try:
+        validated, intent, budget, grant = _settings(flow, events[0], store)
+        for name, new in (swap or {}).items():
+            _check_swap(flow, name, new)
+        state = RunState(
+            run_id=run_id, intent=intent, budget=budget, grant=grant, swaps=dict(swap or {})
+        )
+        effects = JournalEffects(
+            None, store, recorded=index.effects, mode="whatif" if swap else "replay"
+        )
+        state.effects = effects
+        result = await execute(flow, validated, state, intent)
+        finished = events[-1] if events[-1].type == "run.finished" else None
+        recorded = load_payload(finished, store, "output") if finished else None
+        dumped = result.output.model_dump(mode="json")
+        new_digest = digest(canonical_json(dumped))
+        recorded_digest = finished.payload.get("output_digest") if finished else None
+        return ReplayResult(
+            run_id=run_id,
+            output=result.output,
+            recorded_output=recorded,
+            identical=new_digest == recorded_digest,
+            output_digest=new_digest,
+            recorded_digest=recorded_digest,
+            served=effects.served,
+            executed=effects.executed,
+            trace=result.trace,
+            changes=diff(recorded, dumped),
+            swapped=sorted(swap or {}),
+        )
+    finally:
+        if store is not journal:
+            store.close()
+
+
+def diff(before: Any, after: Any, path: str = "") -> list[FieldChange]:
+    """Field-level differences between two JSON values."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes: list[FieldChange] = []
+        for key in list(before) + [k for k in after if k not in before]:
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in after or key not in before or before[key] != after[key]:
+                changes += diff(before.get(key), after.get(key), sub)
+        return changes
+    return [] if before == after else [FieldChange(path or "(root)", before, after)]
+
+
+def resume(
+    run_id: str,
+    flow: Step[Any, Out],
+    *,
+    journal: str | Path | Journal = DEFAULT_JOURNAL,
+    in_doubt: InDoubtPolicy = "fail",
+) -> RunResult[Out]:
+    """Synchronous twin of ``aresume``."""
+    return run_sync(aresume(run_id, flow, journal=journal, in_doubt=in_doubt))
+
+
+def replay(
+    run_id: str,
+    flow: Step[Any, Out],
+    *,
+    journal: str | Path | Journal = DEFAULT_JOURNAL,
+    swap: dict[str, Step[Any, Any]] | None = None,
+) -> ReplayResult[Out]:
+    """Synchronous twin of ``areplay``."""
+    return run_sync(areplay(run_id, flow, journal=journal, swap=swap))
