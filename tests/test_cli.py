@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-FLOW = textwrap.dedent('''
+FLOW = textwrap.dedent("""
     from pydantic import BaseModel
     import typedmesh as tm
 
@@ -33,7 +33,7 @@ FLOW = textwrap.dedent('''
     broken = tm.Agent("broken", input=Question, output=Answer,
                       model=tm.ScriptedModel(lambda r: "not json"))
     not_a_step = 42
-''')
+""")
 
 
 @pytest.fixture
@@ -44,10 +44,13 @@ def flow_file(tmp_path: Path) -> Path:
 
 
 def typedmesh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "typedmesh.cli", *args], capture_output=True,
-                          text=True, timeout=60, env={"TYPEDMESH_ALLOW_NETWORK": "0",
-                                                      "PATH": "/usr/bin:/bin",
-                                                      "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "typedmesh.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"TYPEDMESH_ALLOW_NETWORK": "0", "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
 
 
 def test_run_prints_output_trace_usage_and_cost(flow_file: Path) -> None:
@@ -61,8 +64,17 @@ def test_run_prints_output_trace_usage_and_cost(flow_file: Path) -> None:
 
 
 def test_run_json_is_machine_readable(flow_file: Path) -> None:
-    done = typedmesh("run", f"{flow_file}:flow", "--input", '{"text": "ok?"}', "--json",
-                     "--intent", '{"goal": "answer"}', "--run-id", "cli-1")
+    done = typedmesh(
+        "run",
+        f"{flow_file}:flow",
+        "--input",
+        '{"text": "ok?"}',
+        "--json",
+        "--intent",
+        '{"goal": "answer"}',
+        "--run-id",
+        "cli-1",
+    )
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["run_id"] == "cli-1" and data["output"] == {"answer": "YES", "confidence": 0.8}
@@ -87,8 +99,9 @@ def test_run_error_exits_1_with_partial_trace(flow_file: Path) -> None:
 
 
 def test_budget_flag_stops_the_run(flow_file: Path) -> None:
-    done = typedmesh("run", f"{flow_file}:flow", "--input", '{"text": "q"}',
-                     "--max-model-calls", "0")
+    done = typedmesh(
+        "run", f"{flow_file}:flow", "--input", '{"text": "q"}', "--max-model-calls", "0"
+    )
     assert done.returncode == 1 and "BudgetExceeded" in done.stderr
 
 

@@ -131,7 +131,7 @@ def test_scripted_text_model_and_dict_items() -> None:
     assert model.calls == [request] * 4
 
 
-def test_scripted_tool_calls_get_ids_counted_per_model() -> None:
+def test_scripted_tool_call_ids_count_calls_in_the_conversation() -> None:
     script: list[Any] = [
         {"tool_calls": [{"name": "a", "arguments": {"x": 1}}, {"name": "b"}]},
         {"tool_calls": [{"name": "c", "arguments": {}}], "content": "thinking"},
@@ -145,18 +145,23 @@ def test_scripted_tool_calls_get_ids_counted_per_model() -> None:
     assert responses[0].tool_calls[0].arguments == {"x": 1}
     assert responses[0].tool_calls[1].arguments == {}
     assert responses[0].content is None
-    assert [c.id for c in responses[1].tool_calls] == ["call_2"]
+    # ids restart for each request: they count the calls already in its messages
+    assert [c.id for c in responses[1].tool_calls] == ["call_0"]
     assert responses[1].content == "thinking"
     assert responses[2].tool_calls[0].id == "mine"
     bad = responses[3].tool_calls[0]
-    assert (bad.id, bad.arguments, bad.raw_arguments) == ("call_3", None, "{not json")
+    assert (bad.id, bad.arguments, bad.raw_arguments) == ("call_0", None, "{not json")
     not_object, empty = responses[4].tool_calls
     assert (not_object.arguments, not_object.raw_arguments) == (None, "[1, 2]")
     assert (empty.arguments, empty.raw_arguments) == ({}, "{}")
     assert all(r.usage.output_tokens == response_tokens(r) > 0 for r in responses)
-    # a second model counts from zero again
+    # a conversation that already holds two tool calls continues the count
+    prior = Message(role="assistant", tool_calls=[ToolCall(id="call_0", name="a"),
+                                                  ToolCall(id="call_1", name="b")])
+    later = _request()
+    later.messages.append(prior)
     other = ScriptedModel([{"tool_calls": [{"name": "a"}]}])
-    assert _run(other, _request()).tool_calls[0].id == "call_0"
+    assert _run(other, later).tool_calls[0].id == "call_2"
 
 
 def test_scripted_model_response_used_as_is_with_usage_filled_when_zero() -> None:

@@ -141,7 +141,6 @@ class ScriptedModel:
         self._script: list[ScriptItem] | None = None
         self._responder: Responder | None = None
         self._position = 0
-        self._next_call_id = 0
         if isinstance(responses, Sequence) and not isinstance(responses, str):
             for item in responses:
                 _check_item(item)
@@ -209,20 +208,19 @@ class ScriptedModel:
         elif isinstance(item, BaseModel):
             response = ModelResponse(content=item.model_dump_json(), model=self.name)
         elif _is_tool_script(item):
-            calls = [self._tool_call(c) for c in item["tool_calls"]]
+            # ids count the calls already in the conversation: the same run gives the same ids
+            start = sum(len(m.tool_calls) for m in request.messages)
+            calls = [self._tool_call(c, start + i) for i, c in enumerate(item["tool_calls"])]
             response = ModelResponse(content=item.get("content"), tool_calls=calls, model=self.name)
         else:
             response = ModelResponse(content=to_json(item).decode(), model=self.name)
         response.usage = _usage(request, response)
         return response
 
-    def _tool_call(self, spec: ToolCall | dict[str, Any]) -> ToolCall:
+    def _tool_call(self, spec: ToolCall | dict[str, Any], number: int) -> ToolCall:
         if isinstance(spec, ToolCall):
             return spec
-        call_id = spec.get("id")
-        if call_id is None:
-            call_id = f"call_{self._next_call_id}"
-            self._next_call_id += 1
+        call_id = spec.get("id") or f"call_{number}"
         arguments = spec.get("arguments", {})
         if isinstance(arguments, str):
             try:

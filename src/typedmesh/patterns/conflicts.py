@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel
@@ -83,6 +84,6 @@ def render_conflicts(conflicts: list[Conflict]) -> str:
         "Do not average them and do not silently pick a side:"
     ]
     for c in conflicts:
-        values = ", ".join(f"{b}={v!r}" for b, v in c.values.items())
+        values = ", ".join(f"{b}={json.dumps(v)}" for b, v in c.values.items())
         lines.append(f"- {c.field}: {values}")
     return "\n".join(lines)

@@ -224,7 +224,8 @@ def _resolve(value: Any, done: dict[str, BaseModel]) -> Any:
         return value
     target, _, attr = str(value["$ref"]).partition(".")
     output = done[target]
-    return getattr(output, attr) if attr else output.model_dump()
+    data = output.model_dump(mode="json")  # plain data: the worker validates its own types
+    return data[attr] if attr else data
 
 
 def _find_cycle(steps: list[PlanStep]) -> list[str]:
