@@ -285,9 +285,11 @@ class RunContext:
         try:
             result = await self._run.effects.perform(self, key, "tool", request, execute)
         except ToolError as exc:
-            self.record("tool.error", key=key, tool=tool.name, error=str(exc))
+            # the journal holds the effect's own tool.error event: trace only here
+            self.node.events.append({"event": "tool.error", "key": key, "tool": tool.name,
+                                     "error": str(exc)})
             raise
-        self.record("tool.result", key=key, tool=tool.name)
+        self.node.events.append({"event": "tool.result", "key": key, "tool": tool.name})
         self.node.usage.tool_calls += 1
         self._run.usage.tool_calls += 1
         return tool.from_jsonable(result)
