@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .base import Journal, RunInfo
 from .events import JOURNAL_SCHEMA_VERSION, SCHEMA_VERSION_SUMMARIES, Event
+from .jsonl import export_jsonl, import_jsonl
 from .memory import MemoryJournal
 from .sqlite import SQLiteJournal
 from .verify import VerifyReport, load_payload, verify_run
@@ -22,6 +23,8 @@ __all__ = [
     "RunWriter",
     "SQLiteJournal",
     "VerifyReport",
+    "export_jsonl",
+    "import_jsonl",
     "load_payload",
     "open_journal",
     "verify_run",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 from ..errors import JournalCorrupt, RunNotFound
@@ -12,7 +13,7 @@ __all__ = ["MemoryJournal"]
 
 
 class MemoryJournal(Journal):
-    """Keeps events as plain dicts, so a caller mutating an Event after write changes nothing."""
+    """Keeps copies of events, so mutating an Event after write or read changes nothing."""
 
     def __init__(self) -> None:
         self._events: dict[str, list[dict[str, object]]] = {}
@@ -21,13 +22,13 @@ class MemoryJournal(Journal):
     def write(self, events: Sequence[Event], blobs: Mapping[str, bytes]) -> None:
         self._blobs.update(blobs)
         for event in events:
-            self._events.setdefault(event.run_id, []).append(event.to_dict())
+            self._events.setdefault(event.run_id, []).append(copy.deepcopy(event.to_dict()))
 
     def read(self, run_id: str) -> list[Event]:
         rows = self._events.get(run_id)
         if not rows:
             raise RunNotFound(f"no run {run_id!r} in this journal")
-        return [Event.from_dict(dict(row)) for row in rows]
+        return [Event.from_dict(copy.deepcopy(row)) for row in rows]
 
     def blob(self, digest: str) -> bytes:
         try:

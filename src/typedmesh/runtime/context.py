@@ -286,8 +286,9 @@ class RunContext:
             result = await self._run.effects.perform(self, key, "tool", request, execute)
         except ToolError as exc:
             # the journal holds the effect's own tool.error event: trace only here
-            self.node.events.append({"event": "tool.error", "key": key, "tool": tool.name,
-                                     "error": str(exc)})
+            self.node.events.append(
+                {"event": "tool.error", "key": key, "tool": tool.name, "error": str(exc)}
+            )
             raise
         self.node.events.append({"event": "tool.result", "key": key, "tool": tool.name})
         self.node.usage.tool_calls += 1

@@ -132,9 +132,11 @@ class JournalEffects:
         request: Any,
         execute: Callable[[], Awaitable[Any]],
     ) -> Any:
+        # canonical (sorted-key) JSON: a request rebuilt from the journal, whose dicts
+        # may come back in another key order, still has the same digest
         if kind == "model":
             assert isinstance(request, ModelRequest)
-            request_text = request.model_dump_json()
+            request_text = canonical_json(request.model_dump(mode="json"))
         else:
             request_text = canonical_json(request)
         request_digest = digest(request_text)
