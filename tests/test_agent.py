@@ -225,6 +225,7 @@ def test_budget_stops_before_the_call_that_would_cross_it() -> None:
             agent(model, tools=[lookup_order]), {"text": "q"}, budget=tm.Budget(max_model_calls=2)
         )
     assert len(model.calls) == 2 and info.value.limit == "max_model_calls"
+    assert info.value.partial.events[-1]["event"] == "budget.exceeded"
 
 
 def test_model_string_resolves_lazily() -> None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..contracts import Intent
 from ..errors import (
+    BudgetExceeded,
     ModelError,
     RunError,
     ToolDenied,
@@ -201,7 +202,12 @@ class RunContext:
         while True:
             attempt += 1
             if run.budget is not None:
-                run.budget.check(run.usage)
+                try:
+                    run.budget.check(run.usage)
+                except BudgetExceeded as exc:
+                    self.record("budget.exceeded", limit=exc.limit, value=exc.value,
+                                spent=exc.spent)
+                    raise
             key = self.effect_key("model")
             try:
                 response: ModelResponse = await run.effects.perform(
