@@ -58,8 +58,13 @@ def test_tampering_with_one_payload_is_named_by_verify(tmp_path: Path) -> None:
     report = tm.verify_run(store, "r1")
     assert not report.ok and report.bad_seq == seq and report.bad_type == "model.response"
     assert "altered" in report.reason
+    flow = tm.Agent("a", input=Q, output=A, model=tm.ScriptedModel([]))
+    before = [(e.seq, e.hash) for e in store.read("r1")]
     with pytest.raises(tm.JournalCorrupt, match=f"event {seq}"):
-        tm.replay("r1", tm.Agent("a", input=Q, output=A, model=tm.ScriptedModel([])), journal=store)
+        tm.replay("r1", flow, journal=store)
+    with pytest.raises(tm.JournalCorrupt, match=f"event {seq}"):
+        tm.resume("r1", flow, journal=store)
+    assert [(e.seq, e.hash) for e in store.read("r1")] == before  # nothing was appended
     store.close()
 
 
