@@ -36,6 +36,11 @@ FLOW = textwrap.dedent("""
 """)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the CLI journals to ./.typedmesh/runs.db
+
+
 @pytest.fixture
 def flow_file(tmp_path: Path) -> Path:
     path = tmp_path / "qa_flow.py"
@@ -43,9 +48,10 @@ def flow_file(tmp_path: Path) -> Path:
     return path
 
 
-def typedmesh(*args: str) -> subprocess.CompletedProcess[str]:
+def typedmesh(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "typedmesh.cli", *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,

@@ -95,3 +95,21 @@ def test_memory_journal_is_immune_to_mutation_after_write() -> None:
     assert read.payload["input"] == {"a": 1}
     read.payload["input"]["a"] = 3
     assert store.read("r")[0].payload["input"] == {"a": 1}
+
+
+def test_a_run_id_cannot_be_started_twice(journal: Journal) -> None:
+    from pydantic import BaseModel
+
+    class Q(BaseModel):
+        q: str
+
+    @tm.step
+    def echo(q: Q) -> Q:
+        return q
+
+    tm.run(echo, {"q": "a"}, journal=journal, run_id="once")
+    assert journal.exists("once") and not journal.exists("twice")
+    before = len(journal.read("once"))
+    with pytest.raises(tm.ConfigurationError, match="already in the journal"):
+        tm.run(echo, {"q": "b"}, journal=journal, run_id="once")
+    assert len(journal.read("once")) == before

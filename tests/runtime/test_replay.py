@@ -231,3 +231,42 @@ def test_resume_with_another_flow_is_refused() -> None:
     other = load_example("bull_bear")
     with pytest.raises(tm.ConfigurationError, match="was made by flow"):
         tm.resume(result.run_id, other.flow, journal=journal)
+
+
+def test_resume_after_a_failed_model_call_tries_it_again() -> None:
+    class Q(BaseModel):
+        q: str
+
+    class A(BaseModel):
+        a: str
+
+    @tm.step
+    def first(q: Q, ctx: tm.RunContext) -> Q:
+        return Q(q=q.q + "!")
+
+    outage = tm.Agent(
+        "answer",
+        input=Q,
+        output=A,
+        model=tm.ScriptedModel([tm.ModelError("down")]),
+        retry=tm.RetryPolicy(max_attempts=1),
+    )
+    journal = tm.MemoryJournal()
+    with pytest.raises(tm.ModelError):
+        tm.run(tm.sequential(first, outage, name="f"), {"q": "x"}, journal=journal, run_id="r")
+    request = next(e for e in journal.read("r") if e.type == "model.request")
+    assert request.payload["model"] == "scripted" and request.payload["provider"] == "offline"
+    fixed = tm.Agent(
+        "answer",
+        input=Q,
+        output=A,
+        model=tm.ScriptedModel(['{"a": "ok"}']),
+        retry=tm.RetryPolicy(max_attempts=1),
+    )
+    result = tm.resume("r", tm.sequential(first, fixed, name="f"), journal=journal)
+    assert result.output == A(a="ok")
+    assert result.trace.find("f/first").events == [{"event": "step.restored"}]
+    # replay of the resumed run serves the recorded failure and then the success
+    response = next(e for e in journal.read("r") if e.type == "model.response")
+    assert response.payload["response"]["usage"]["model_calls"] == 1
+    assert tm.replay("r", tm.sequential(first, fixed, name="f"), journal=journal).identical

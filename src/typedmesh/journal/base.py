@@ -39,6 +39,16 @@ class Journal(ABC):
     def read(self, run_id: str) -> list[Event]:
         """Every event of a run in order; ``RunNotFound`` if there is none."""
 
+    def exists(self, run_id: str) -> bool:
+        """Whether the journal holds any event of ``run_id``."""
+        from ..errors import RunNotFound
+
+        try:
+            self.read(run_id)
+        except RunNotFound:
+            return False
+        return True
+
     @abstractmethod
     def blob(self, digest: str) -> bytes:
         """The bytes stored under ``digest``; ``JournalCorrupt`` if missing."""

@@ -30,6 +30,9 @@ class MemoryJournal(Journal):
             raise RunNotFound(f"no run {run_id!r} in this journal")
         return [Event.from_dict(copy.deepcopy(row)) for row in rows]
 
+    def exists(self, run_id: str) -> bool:
+        return run_id in self._events
+
     def blob(self, digest: str) -> bytes:
         try:
             return self._blobs[digest]

@@ -148,6 +148,10 @@ class SQLiteJournal(Journal):
                 )
         return events
 
+    def exists(self, run_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM events WHERE run_id = ? LIMIT 1", (run_id,))
+        return row.fetchone() is not None
+
     def blob(self, digest: str) -> bytes:
         row = self._db.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
         if row is None:

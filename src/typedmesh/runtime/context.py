@@ -205,13 +205,19 @@ class RunContext:
                 try:
                     run.budget.check(run.usage)
                 except BudgetExceeded as exc:
-                    self.record("budget.exceeded", limit=exc.limit, value=exc.value,
-                                spent=exc.spent)
+                    self.record(
+                        "budget.exceeded", limit=exc.limit, value=exc.value, spent=exc.spent
+                    )
                     raise
             key = self.effect_key("model")
             try:
                 response: ModelResponse = await run.effects.perform(
-                    self, key, "model", request, lambda: _generate(model, request)
+                    self,
+                    key,
+                    "model",
+                    request,
+                    lambda: _generate(model, request),
+                    {"model": model.name, "provider": model.provider},
                 )
             except Exception as exc:
                 if retry.should_retry(exc, attempt):
@@ -320,13 +326,17 @@ class RunContext:
 
 async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
     try:
-        return await model.generate(request)
+        response = await model.generate(request)
     except TypedMeshError:
         raise
     except TimeoutError as exc:
         raise TransientModelError(f"model {model.name!r} timed out") from exc
     except Exception as exc:
         raise ModelError(f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from exc
+    usage = response.usage  # priced here so the journaled response carries its cost
+    usage.cost_usd = cost_of(response.model or model.name, usage.input_tokens, usage.output_tokens)
+    usage.model_calls = 1
+    return response
 
 
 def span_id(run_id: str, path: str) -> str:
@@ -371,6 +381,10 @@ async def invoke_traced(
             output = await step.invoke_gated(input, ctx, gate)
     except asyncio.CancelledError:
         node.finish("cancelled", error="cancelled")
+        if sink is not None:
+            sink.emit(
+                "step.cancelled", ctx.path, {}, span_id=span, parent_span_id=parent, agent=agent
+            )
         raise
     except BaseException as exc:
         node.finish("failed", error=f"{type(exc).__name__}: {exc}")

@@ -54,6 +54,9 @@ class Recorded:
     request_event: Event | None = None
     idempotent: bool = True
     tool: str = ""
+    seq: int = -1
+    final: bool = False
+    """For an error: nothing else happened at its step afterwards (the run stopped there)."""
 
 
 @dataclass(slots=True)
@@ -71,6 +74,7 @@ def index_events(events: list[Event], journal: Journal) -> JournalIndex:
     """Index effect outcomes by key and completed steps by path."""
     index = JournalIndex()
     effects = index.effects
+    last_effect: dict[str, int] = {}
     for event in events:
         kind, _, phase = event.type.partition(".")
         key = event.key
@@ -99,6 +103,12 @@ def index_events(events: list[Event], journal: Journal) -> JournalIndex:
         elif phase == "error" and key in effects:
             effects[key].status = "error"
             effects[key].error = dict(event.payload)
+            effects[key].seq = event.seq
+        if key is not None:
+            last_effect[event.path] = event.seq
+    for rec in effects.values():
+        if rec.status == "error" and rec.request_event is not None:
+            rec.final = last_effect.get(rec.request_event.path) == rec.seq
     return index
 
 
@@ -131,6 +141,7 @@ class JournalEffects:
         kind: EffectKind,
         request: Any,
         execute: Callable[[], Awaitable[Any]],
+        meta: dict[str, Any] | None = None,
     ) -> Any:
         # canonical (sorted-key) JSON: a request rebuilt from the journal, whose dicts
         # may come back in another key order, still has the same digest
@@ -145,15 +156,19 @@ class JournalEffects:
             if rec.status == "started":
                 self._settle_in_doubt(ctx, key, rec)
             elif rec.request_digest == request_digest:
-                self.served += 1
-                return _outcome(kind, rec)
+                if not (rec.final and self.mode == "resume"):
+                    self.served += 1
+                    return _outcome(kind, rec)
+                # the failure that stopped the run: resuming means trying it again
             elif self.mode != "whatif":
                 raise NonDeterminismError(
                     key, expected=self._recorded_request(rec), actual=request_text
                 )
         elif rec is None and self.mode == "replay":
             raise NonDeterminismError(key, expected=None, actual=request_text)
-        return await self._live(ctx, key, kind, request, request_text, request_digest, execute)
+        return await self._live(
+            ctx, key, kind, request, request_text, request_digest, execute, meta
+        )
 
     def _settle_in_doubt(self, ctx: RunContext, key: str, rec: Recorded) -> None:
         """A tool started before the crash and never reported: decide what to do."""
@@ -187,6 +202,7 @@ class JournalEffects:
         request_text: str,
         request_digest: str,
         execute: Callable[[], Awaitable[Any]],
+        meta: dict[str, Any] | None = None,
     ) -> Any:
         self.executed += 1
         writer = self.writer
@@ -197,7 +213,7 @@ class JournalEffects:
             writer.emit(
                 "model.request",
                 ctx.path,
-                {"request": request_text, "request_digest": request_digest},
+                {"request": request_text, "request_digest": request_digest, **(meta or {})},
                 key=key,
                 span_id=span,
                 parent_span_id=parent,

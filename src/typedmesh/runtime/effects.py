@@ -34,8 +34,13 @@ class Effects(Protocol):
         kind: EffectKind,
         request: Any,
         execute: Callable[[], Awaitable[Any]],
+        meta: dict[str, Any] | None = None,
     ) -> Any:
-        """Return the effect's result: recorded, or by awaiting ``execute()``."""
+        """Return the effect's result: recorded, or by awaiting ``execute()``.
+
+        ``meta`` is journaled with the request but is not part of its identity
+        (e.g. which model served it: a what-if may swap the model).
+        """
         ...
 
     def perform_sync(
@@ -57,6 +62,7 @@ class LiveEffects:
         kind: EffectKind,
         request: Any,
         execute: Callable[[], Awaitable[Any]],
+        meta: dict[str, Any] | None = None,
     ) -> Any:
         return await execute()
 

@@ -166,6 +166,11 @@ async def arun(
 
     store = open_journal(journal)
     try:
+        if run_id is not None and store.exists(run_id):
+            raise ConfigurationError(
+                f"run {run_id!r} is already in the journal: resume or replay it, "
+                "or start a new run id"
+            )
         writer = RunWriter(store, state.run_id)
         state.sink = writer
         state.effects = JournalEffects(writer, store)
