@@ -327,7 +327,9 @@ def test_model_error_sets_error_type_on_the_chat_span() -> None:
         tm.run(failing, Task(ticker="ACME"), journal=journal)
     _, spans = export(journal, caught.value.run_id or "")
 
-    chat = one(spans, "chat")  # no response: the journal does not name the model
+    chat = one(spans, "chat gpt-4o-mini")  # no response, but the request names the model
+    assert attrs(chat)["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attrs(chat)["gen_ai.provider.name"] == "offline"
     assert chat.status.status_code is StatusCode.ERROR
     assert attrs(chat)["error.type"] == "ModelError"
     assert attrs(chat)["typedmesh.model.transient"] is False

@@ -5,17 +5,38 @@ Imported by the CLI only, so ``import typedmesh`` never loads rich.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from .journal.base import RunInfo
 from .models.base import Usage
+from .runtime.replay import FieldChange
 from .runtime.trace import TraceNode
 
-__all__ = ["trace_tree", "usage_by_agent", "usage_table"]
+__all__ = [
+    "changes_table",
+    "model_usage_table",
+    "runs_table",
+    "trace_tree",
+    "usage_by_agent",
+    "usage_table",
+]
 
-_STATUS = {"ok": "green", "failed": "red", "running": "yellow", "cancelled": "yellow"}
+_STATUS = {
+    "ok": "green",
+    "finished": "green",
+    "failed": "red",
+    "running": "yellow",
+    "cancelled": "yellow",
+    "incomplete": "magenta",
+}
 
 
 def _label(node: TraceNode) -> Text:
@@ -56,6 +77,7 @@ def _decorate(branch: Tree, node: TraceNode) -> None:
             "tool.invalid_arguments",
             "model.retry",
             "loop.capped",
+            "tool.in_doubt",
         }:
             detail = {k: v for k, v in event.items() if k != "event"}
             branch.add(Text(f"{kind} {detail}", style="yellow"))
@@ -122,3 +144,53 @@ def usage_table(root: TraceNode, total: Usage) -> Group:
         Text(f"{total.cost_usd:.6f}", style="bold"),
     )
     return Group(table)
+
+
+def model_usage_table(by_model: Mapping[str, Usage]) -> Table:
+    """Usage and cost per model name."""
+    table = Table(title="by model")
+    for column in ("model", "calls", "input tok", "output tok", "cost USD"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model, usage in sorted(by_model.items()):
+        table.add_row(
+            model,
+            str(usage.model_calls),
+            str(usage.input_tokens),
+            str(usage.output_tokens),
+            f"{usage.cost_usd:.6f}",
+        )
+    return table
+
+
+def runs_table(runs: Iterable[RunInfo], title: str = "runs") -> Table:
+    """One row per journaled run, newest first."""
+    table = Table(title=title)
+    table.add_column("run id", overflow="fold")
+    for column in ("flow", "status", "started", "ended"):
+        table.add_column(column)
+    table.add_column("events", justify="right")
+    for info in runs:
+        table.add_row(
+            escape(info.run_id),
+            escape(info.flow),
+            Text(info.status, style=_STATUS.get(info.status, "white")),
+            info.started_at,
+            info.ended_at or "",
+            str(info.events),
+        )
+    return table
+
+
+def _cell(value: Any) -> Text:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return Text(text if len(text) <= 200 else text[:197] + "...")
+
+
+def changes_table(changes: Iterable[FieldChange]) -> Table:
+    """The output fields a what-if replay changed: path, before, after."""
+    table = Table(title="changed output fields")
+    for column in ("field", "before", "after"):
+        table.add_column(column, overflow="fold")
+    for change in changes:
+        table.add_row(Text(change.path), _cell(change.before), _cell(change.after))
+    return table

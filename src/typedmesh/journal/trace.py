@@ -36,22 +36,15 @@ __all__ = [
 _EFFECT_TYPES = frozenset(
     {"model.request", "model.response", "model.error", "tool.started", "clock", "random"}
 )
-"""Events the effect executor writes; everything else outside run.*/step.* is a ctx.record."""
+_TOOL_OUTCOMES = frozenset({"tool.result", "tool.error"})
 
 
 def _is_record(event: Event) -> bool:
-    """Whether an event is a ``ctx.record`` note (shown on its node) rather than an effect.
-
-    ``tool.result`` and ``tool.error`` are written twice per call: once by the
-    effect executor (``result`` / ``type`` + ``message``) and once by
-    ``call_tool`` as a note carrying the tool's name.
-    """
+    """Whether an event is a ``ctx.record`` note (shown on its node) rather than an effect."""
     kind = event.type
-    if kind.startswith(("run.", "step.")) or kind in _EFFECT_TYPES:
-        return False
-    if kind in ("tool.result", "tool.error"):
-        return "tool" in event.payload
-    return True
+    return not (
+        kind.startswith(("run.", "step.")) or kind in _EFFECT_TYPES or kind in _TOOL_OUTCOMES
+    )
 
 
 def _response_usage(response: Any) -> tuple[str, Usage]:
@@ -80,7 +73,8 @@ class _Builder:
         self.t0 = t0
         self.root: TraceNode | None = None
         self.nodes: dict[str, TraceNode] = {}
-        self.tool_keys: set[str] = set()
+        self.tool_names: dict[str, str] = {}
+        self.tool_outcomes: set[str] = set()
 
     def clock(self, ts: str) -> float:
         """Seconds since the run started (small floats keep durations exact)."""
@@ -106,8 +100,9 @@ class _Builder:
                 parent.children.append(node)
             self.nodes[event.path] = node
             node.started_at = datetime.fromisoformat(event.ts)
-        else:  # started again after a resume: its notes are written again
-            node.events.clear()
+        else:  # started again after a resume: its notes are written again, but a
+            # served tool call writes nothing, so its outcome stays
+            node.events[:] = [e for e in node.events if e["event"] in _TOOL_OUTCOMES]
         node.name, node.kind = name, kind
         node.identity = _identity(event.agent) or node.identity
         node.status, node.error, node.ended = "running", None, None
@@ -143,17 +138,36 @@ class _Builder:
                 node.usage = node.usage + usage
                 if name and name not in node.models:
                     node.models.append(name)
+        elif event.type == "tool.started" and event.key:
+            self.tool_names[event.key] = str(payload.get("tool", ""))
+        elif event.type in _TOOL_OUTCOMES:
+            self.tool_outcome(event)
         elif _is_record(event):
             node = self.owner(event.path)
-            if node is None:
-                return
-            data = {name: load_payload(event, self.journal, name) for name in payload}
-            data["event"] = event.type
-            node.events.append(data)
-            key = payload.get("key")
-            if event.type == "tool.result" and key not in self.tool_keys:
-                self.tool_keys.add(str(key))
-                node.usage = node.usage + Usage(tool_calls=1)
+            if node is not None:
+                data = {name: load_payload(event, self.journal, name) for name in payload}
+                data["event"] = event.type
+                node.events.append(data)
+
+    def tool_outcome(self, event: Event) -> None:
+        """A tool call's result or error, noted once per call as a live trace notes it.
+
+        Journals written before ``call_tool`` stopped journaling its own note
+        hold a second ``tool.result``/``tool.error`` per call: the key dedupes.
+        """
+        key = event.key or ""
+        node = self.owner(event.path)
+        if node is None or key in self.tool_outcomes:
+            return
+        self.tool_outcomes.add(key)
+        payload = event.payload
+        tool = str(payload.get("tool") or self.tool_names.get(key, ""))
+        note: dict[str, Any] = {"event": event.type, "key": key, "tool": tool}
+        if event.type == "tool.error":
+            note["error"] = str(payload.get("error") or payload.get("message", ""))
+        else:
+            node.usage = node.usage + Usage(tool_calls=1)
+        node.events.append(note)
 
     def finish(self, last: Event) -> TraceNode:
         if self.root is None:
@@ -204,7 +218,7 @@ def usage_from_events(events: list[Event], journal: Journal) -> Usage:
     total = Usage()
     for usage in usage_by_model(events, journal).values():
         total = total + usage
-    tools = {e.payload.get("key") for e in events if e.type == "tool.result" and _is_record(e)}
+    tools = {e.key for e in events if e.type == "tool.result"}
     return total + Usage(tool_calls=len(tools))
 
 

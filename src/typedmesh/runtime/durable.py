@@ -191,6 +191,8 @@ class JournalEffects:
     def _recorded_request(self, rec: Recorded) -> Any:
         if rec.request_event is None or self.journal is None:
             return None
+        if rec.kind == "tool":  # a tool's request fields are the payload itself
+            return {k: v for k, v in rec.request_event.payload.items() if k != "request_digest"}
         return load_payload(rec.request_event, self.journal, "request")
 
     async def _live(
