@@ -258,7 +258,7 @@ judge = tm.Agent(
     ),
 )
 
-flow = tm.parallel(bull=bull, bear=bear, merge=judge)  # contracts are checked here
+flow = tm.parallel(bull=bull, bear=bear, merge=judge, name="debate")  # contracts are checked here
 
 example_input = Task(ticker="ACME")
 
