@@ -17,8 +17,6 @@ real ones so the cost report shows what the run would cost on them.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -26,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 import typedmesh as tm
+from typedmesh.models import model_from_env
 
 # -- contracts ------------------------------------------------------------------------
 
@@ -51,22 +50,6 @@ class Debate(BaseModel):
 # -- models: offline by default, live when TYPEDMESH_MODEL is set --------------------
 
 
-def pick(offline: tm.Model) -> str | tm.Model:
-    """The offline model, or the live model string in ``TYPEDMESH_MODEL`` when set."""
-    return os.environ.get("TYPEDMESH_MODEL") or offline
-
-
-def _user_json(request: tm.ModelRequest) -> dict[str, Any]:
-    """The step's input: the agent sends it as the first user message."""
-    first = next(m for m in request.messages if m.role == "user")
-    data: dict[str, Any] = json.loads(first.content)
-    return data
-
-
-def _system(request: tm.ModelRequest) -> str:
-    return next((m.content for m in request.messages if m.role == "system"), "")
-
-
 def fundamentals(ticker: str) -> dict[str, float]:
     """Synthetic, deterministic figures for a ticker: both analysts see the same ones."""
     h = hashlib.sha256(ticker.upper().encode()).digest()
@@ -85,7 +68,7 @@ def _evidence(ticker: str, text: str) -> list[str]:
 
 
 def offline_bull(request: tm.ModelRequest) -> dict[str, Any]:
-    ticker = _user_json(request)["ticker"].upper()
+    ticker = request.input_data()["ticker"].upper()
     f = fundamentals(ticker)
     claims = [
         {
@@ -111,7 +94,7 @@ def offline_bull(request: tm.ModelRequest) -> dict[str, Any]:
 
 
 def offline_bear(request: tm.ModelRequest) -> dict[str, Any]:
-    ticker = _user_json(request)["ticker"].upper()
+    ticker = request.input_data()["ticker"].upper()
     f = fundamentals(ticker)
     claims = [
         {
@@ -193,9 +176,9 @@ def _note(field: str, bull: dict[str, Any], bear: dict[str, Any]) -> str:
 
 
 def offline_judge(request: tm.ModelRequest) -> dict[str, Any]:
-    debate = _without_provenance(_user_json(request))
+    debate = _without_provenance(request.input_data())
     bull, bear = debate["bull"], debate["bear"]
-    fields = detected_conflict_fields(_system(request))
+    fields = detected_conflict_fields(request.system)
     conflicts = [
         {
             "field": field,
@@ -229,7 +212,7 @@ bull = tm.Agent(
     version="1.2.0",
     input=Task,
     output=AgentVerdict,
-    model=pick(tm.ScriptedModel(offline_bull, name="gpt-4o-mini")),
+    model=model_from_env(tm.ScriptedModel(offline_bull, name="gpt-4o-mini")),
     instructions=(
         "Argue the bull case for the ticker. Give three concrete claims, each with the "
         "evidence it rests on, the risks to your own case, and a calibrated confidence."
@@ -240,7 +223,7 @@ bear = tm.Agent(
     version="1.0.3",
     input=Task,
     output=AgentVerdict,
-    model=pick(tm.ScriptedModel(offline_bear, name="gpt-4o-mini")),
+    model=model_from_env(tm.ScriptedModel(offline_bear, name="gpt-4o-mini")),
     instructions=(
         "Argue the bear case for the ticker. Give three concrete claims, each with the "
         "evidence it rests on, the risks to your own case, and a calibrated confidence."
@@ -251,7 +234,7 @@ judge = tm.Agent(
     version="2.0.0",
     input=Debate,
     output=tm.SynthesizedReport,
-    model=pick(tm.ScriptedModel(offline_judge, name="gpt-4o")),
+    model=model_from_env(tm.ScriptedModel(offline_judge, name="gpt-4o")),
     instructions=(
         "Synthesize the bull and bear verdicts. Surface every conflict with a note on what "
         "it turns on; list what both sides agree on. Do not decide who is right."

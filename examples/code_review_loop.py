@@ -18,14 +18,13 @@ offline writer knows one implementation, ``chunk``; a live model writes any.)
 from __future__ import annotations
 
 import ast
-import json
-import os
 import re
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 import typedmesh as tm
+from typedmesh.models import model_from_env
 
 # -- contracts ------------------------------------------------------------------------
 
@@ -52,21 +51,6 @@ class Review(BaseModel):
 # -- models: offline by default, live when TYPEDMESH_MODEL is set --------------------
 
 
-def pick(offline: tm.Model) -> str | tm.Model:
-    """The offline model, or the live model string in ``TYPEDMESH_MODEL`` when set."""
-    return os.environ.get("TYPEDMESH_MODEL") or offline
-
-
-def _user_json(request: tm.ModelRequest) -> dict[str, Any]:
-    first = next(m for m in request.messages if m.role == "user")
-    data: dict[str, Any] = json.loads(first.content)
-    return data
-
-
-def _system(request: tm.ModelRequest) -> str:
-    return next((m.content for m in request.messages if m.role == "system"), "")
-
-
 def reviewer_feedback(system_prompt: str) -> str:
     """The evaluator feedback the loop puts in the writer's prompt ('' in round one)."""
     found = re.search(
@@ -76,9 +60,9 @@ def reviewer_feedback(system_prompt: str) -> str:
 
 
 def offline_writer(request: tm.ModelRequest) -> dict[str, Any]:
-    spec = _user_json(request)
+    spec = request.input_data()
     name = spec["function_name"]
-    feedback = reviewer_feedback(_system(request)).lower()
+    feedback = reviewer_feedback(request.system).lower()
     lines = [
         "from collections.abc import Sequence",
         "from typing import TypeVar",
@@ -138,7 +122,7 @@ def review_problems(spec: dict[str, Any], code: str) -> list[str]:
 
 
 def offline_reviewer(request: tm.ModelRequest) -> dict[str, Any]:
-    review = _user_json(request)
+    review = request.input_data()
     problems = review_problems(review["task"], review["draft"]["code"])
     if not problems:
         return {
@@ -160,7 +144,7 @@ writer = tm.Agent(
     version="0.4.0",
     input=Spec,
     output=Draft,
-    model=pick(tm.ScriptedModel(offline_writer, name="gpt-4o-mini")),
+    model=model_from_env(tm.ScriptedModel(offline_writer, name="gpt-4o-mini")),
     instructions=(
         "Write the Python function the spec describes: standard library only, type hints, "
         "a docstring, and explicit handling of every listed edge case. Put the whole module "
@@ -172,7 +156,7 @@ reviewer = tm.Agent(
     version="1.0.0",
     input=Review,
     output=tm.Evaluation,
-    model=pick(tm.ScriptedModel(offline_reviewer, name="gpt-4o")),
+    model=model_from_env(tm.ScriptedModel(offline_reviewer, name="gpt-4o")),
     instructions=(
         "Review the draft against the task. Pass it only when it is typed, documented and "
         "handles every listed edge case; otherwise list each concrete problem as feedback."

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 import typedmesh as tm
+from typedmesh.models import model_from_env
 from typedmesh.models.pricing import cost_of
 
 # -- contracts ------------------------------------------------------------------------
@@ -156,21 +156,6 @@ async def search_corpus(query: str, max_results: int = 3) -> list[Source]:
 # -- models: offline by default, live when TYPEDMESH_MODEL is set --------------------
 
 
-def pick(offline: tm.Model) -> str | tm.Model:
-    """The offline model, or the live model string in ``TYPEDMESH_MODEL`` when set."""
-    return os.environ.get("TYPEDMESH_MODEL") or offline
-
-
-def _user_json(request: tm.ModelRequest) -> dict[str, Any]:
-    first = next(m for m in request.messages if m.role == "user")
-    data: dict[str, Any] = json.loads(first.content)
-    return data
-
-
-def _system(request: tm.ModelRequest) -> str:
-    return next((m.content for m in request.messages if m.role == "system"), "")
-
-
 def catalog_workers(system_prompt: str) -> list[str]:
     """Worker names from the orchestrator's catalog ("Workers:" then "- NAME: ...")."""
     _, _, catalog = system_prompt.partition("\nWorkers:\n")
@@ -178,8 +163,8 @@ def catalog_workers(system_prompt: str) -> list[str]:
 
 
 def offline_planner(request: tm.ModelRequest) -> dict[str, Any]:
-    task = _user_json(request)
-    workers = catalog_workers(_system(request))
+    task = request.input_data()
+    workers = catalog_workers(request.system)
     search = next(w for w in workers if "search" in w)
     summarize = next(w for w in workers if "summar" in w)
     topic = task["topic"]
@@ -203,7 +188,7 @@ def offline_planner(request: tm.ModelRequest) -> dict[str, Any]:
 
 
 def offline_searcher(request: tm.ModelRequest) -> dict[str, Any]:
-    query = _user_json(request)
+    query = request.input_data()
     found = [m.content for m in request.messages if m.role == "tool"]
     if not found:
         return {
@@ -220,7 +205,7 @@ def offline_searcher(request: tm.ModelRequest) -> dict[str, Any]:
 
 
 def offline_summarizer(request: tm.ModelRequest) -> dict[str, Any]:
-    brief = _user_json(request)
+    brief = request.input_data()
     pro, con = brief["evidence_for"], brief["evidence_against"]
     findings = [f"For: {s['snippet']}" for s in pro]
     findings += [f"Against: {s['snippet']}" for s in con]
@@ -232,7 +217,7 @@ def offline_summarizer(request: tm.ModelRequest) -> dict[str, Any]:
 
 
 def offline_synthesizer(request: tm.ModelRequest) -> dict[str, Any]:
-    briefing = _user_json(request)
+    briefing = request.input_data()
     summaries = [r["output"] for r in briefing["results"] if "findings" in r["output"]]
     findings = [f for s in summaries for f in s["findings"]]
     pro = sum(f.startswith("For:") for f in findings)
@@ -258,7 +243,7 @@ planner = tm.Agent(
     version="1.0.0",
     input=Question,
     output=tm.Plan,
-    model=pick(tm.ScriptedModel(offline_planner, name="gpt-4o")),  # expensive: plans once
+    model=model_from_env(tm.ScriptedModel(offline_planner, name="gpt-4o")),  # expensive: plans once
     instructions=(
         "Break the research question into a plan: independent searches first (they run in "
         "parallel), then one summary step that takes their sources."
@@ -269,7 +254,7 @@ searcher = tm.Agent(
     version="1.1.0",
     input=SearchQuery,
     output=SearchResults,
-    model=pick(tm.ScriptedModel(offline_searcher, name="gpt-4o-mini")),
+    model=model_from_env(tm.ScriptedModel(offline_searcher, name="gpt-4o-mini")),
     instructions="Search the corpus for the query with the search_corpus tool; return the hits.",
     tools=[search_corpus],
 )
@@ -278,7 +263,7 @@ summarizer = tm.Agent(
     version="1.0.0",
     input=SummaryRequest,
     output=Summary,
-    model=pick(tm.ScriptedModel(offline_summarizer, name="gpt-4o-mini")),
+    model=model_from_env(tm.ScriptedModel(offline_summarizer, name="gpt-4o-mini")),
     instructions="Summarize the evidence for and against, citing every source by its URL.",
 )
 synthesizer = tm.Agent(
@@ -286,7 +271,7 @@ synthesizer = tm.Agent(
     version="1.0.0",
     input=Briefing,
     output=ResearchBrief,
-    model=pick(tm.ScriptedModel(offline_synthesizer, name="gpt-4o-mini")),
+    model=model_from_env(tm.ScriptedModel(offline_synthesizer, name="gpt-4o-mini")),
     instructions="Answer the question from the plan's results; keep caveats and citations.",
 )
 

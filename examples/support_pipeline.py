@@ -17,13 +17,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 import typedmesh as tm
+from typedmesh.models import model_from_env
 
 # -- contracts ------------------------------------------------------------------------
 
@@ -198,17 +198,6 @@ def issue_refund(order_id: str, amount: float, reason: str, ctx: tm.RunContext) 
 # -- models: offline by default, live when TYPEDMESH_MODEL is set --------------------
 
 
-def pick(offline: tm.Model) -> str | tm.Model:
-    """The offline model, or the live model string in ``TYPEDMESH_MODEL`` when set."""
-    return os.environ.get("TYPEDMESH_MODEL") or offline
-
-
-def _user_json(request: tm.ModelRequest) -> dict[str, Any]:
-    first = next(m for m in request.messages if m.role == "user")
-    data: dict[str, Any] = json.loads(first.content)
-    return data
-
-
 _CATEGORY_WORDS: list[tuple[Category, tuple[str, ...]]] = [
     ("refund", ("refund", "money back", "broken", "cracked", "damaged", "return")),
     ("shipping", ("where is", "tracking", "not arrived", "late", "delivery")),
@@ -218,7 +207,7 @@ _CATEGORY_WORDS: list[tuple[Category, tuple[str, ...]]] = [
 
 
 def offline_intake(request: tm.ModelRequest) -> dict[str, Any]:
-    ticket = _user_json(request)
+    ticket = request.input_data()
     text: str = ticket["text"]
     lower = text.lower()
     category: Category = next(
@@ -242,7 +231,7 @@ def offline_intake(request: tm.ModelRequest) -> dict[str, Any]:
 
 
 def offline_reply(request: tm.ModelRequest) -> dict[str, Any]:
-    brief = _user_json(request)
+    brief = request.input_data()
     name = brief["customer_name"].split()[0]
     tool_answers = [m.content for m in request.messages if m.role == "tool"]
     order = brief.get("order_id")
@@ -305,7 +294,7 @@ intake = tm.Agent(
     version="1.1.0",
     input=Ticket,
     output=Classified,
-    model=pick(tm.ScriptedModel(offline_intake, name="gpt-4o-mini")),
+    model=model_from_env(tm.ScriptedModel(offline_intake, name="gpt-4o-mini")),
     instructions=(
         "Classify the support ticket: category, priority, the order id it mentions (if "
         "any) and a one-line summary. Keep the customer_id as given."
@@ -340,7 +329,7 @@ reply = tm.Agent(
     version="2.3.0",
     input=ReplyBrief,  # narrower than Enriched: a summary-only handoff (see ReplyBrief)
     output=Reply,
-    model=pick(tm.ScriptedModel(offline_reply, name="gpt-4o-mini")),
+    model=model_from_env(tm.ScriptedModel(offline_reply, name="gpt-4o-mini")),
     instructions=(
         "Write the reply to the customer. For a refund request on a delivered order whose "
         "ownership is verified, issue the refund with the issue_refund tool (full order "

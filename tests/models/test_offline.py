@@ -156,8 +156,10 @@ def test_scripted_tool_call_ids_count_calls_in_the_conversation() -> None:
     assert (empty.arguments, empty.raw_arguments) == ({}, "{}")
     assert all(r.usage.output_tokens == response_tokens(r) > 0 for r in responses)
     # a conversation that already holds two tool calls continues the count
-    prior = Message(role="assistant", tool_calls=[ToolCall(id="call_0", name="a"),
-                                                  ToolCall(id="call_1", name="b")])
+    prior = Message(
+        role="assistant",
+        tool_calls=[ToolCall(id="call_0", name="a"), ToolCall(id="call_1", name="b")],
+    )
     later = _request()
     later.messages.append(prior)
     other = ScriptedModel([{"tool_calls": [{"name": "a"}]}])
@@ -569,3 +571,19 @@ def test_schema_model_validates_sets_and_recursion(seed: int, ints: set[int]) ->
     )
     value = SchemaModel(seed).generate_value(holder.model_json_schema())
     holder.model_validate(value)
+
+
+def test_request_helpers_for_offline_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typedmesh.models import model_from_env
+
+    request = ModelRequest(
+        messages=[
+            Message(role="system", content="be brief"),
+            Message(role="user", content='{"ticker": "ACME"}'),
+        ]
+    )
+    assert request.system == "be brief" and request.input_data() == {"ticker": "ACME"}
+    offline = SchemaModel()
+    assert model_from_env(offline) is offline
+    monkeypatch.setenv("TYPEDMESH_MODEL", "openai:gpt-4o-mini")
+    assert model_from_env(offline) == "openai:gpt-4o-mini"

@@ -23,6 +23,7 @@ __all__ = [
     "ToolSchema",
     "Usage",
     "check_network_allowed",
+    "model_from_env",
     "resolve_model",
 ]
 
@@ -44,6 +45,14 @@ def check_network_allowed(base_url: str | None) -> None:
         f"network calls are disabled (typedmesh.models.ALLOW_NETWORK is False); "
         f"refusing a call to {base_url or 'the default hosted endpoint'}"
     )
+
+
+def model_from_env(offline: Model, variable: str = "TYPEDMESH_MODEL") -> str | Model:
+    """``offline`` unless the environment names a live model (e.g. ``openai:gpt-4o-mini``).
+
+    How the examples run offline by default and against a real model on demand.
+    """
+    return os.environ.get(variable) or offline
 
 
 def resolve_model(model: str | Model, **options: Any) -> Model:

@@ -71,6 +71,22 @@ class ModelRequest(BaseModel):
     temperature: float | None = None
     max_tokens: int | None = None
 
+    @property
+    def system(self) -> str:
+        """The system message (an Agent's identity, instructions, intent and notes)."""
+        return next((m.content for m in self.messages if m.role == "system"), "")
+
+    def input_data(self) -> dict[str, Any]:
+        """The step input, decoded from the first user message (as an Agent sends it).
+
+        Handy for offline ``ScriptedModel`` functions that answer from the input.
+        """
+        import json
+
+        first = next((m for m in self.messages if m.role == "user"), None)
+        data = json.loads(first.content) if first is not None else {}
+        return data if isinstance(data, dict) else {"input": data}
+
 
 class Usage(BaseModel):
     """Tokens and calls, additive: ``a + b`` sums every counter."""
