@@ -34,7 +34,7 @@ T = TypeVar("T", bound=BaseModel)
 class AgentIdentity(BaseModel):
     """Who produced something: a service name, its version and where it was deployed."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     name: str
     version: str = "0.1.0"
@@ -47,6 +47,8 @@ class Intent(BaseModel):
     Most failures of multi-agent systems trace to a misread intent; making it a
     typed contract means each agent is told the same goal and constraints.
     """
+
+    model_config = ConfigDict(defer_build=True)
 
     goal: str
     constraints: list[str] = Field(default_factory=list)
@@ -61,6 +63,8 @@ class Provenance(BaseModel):
     stamped after validation, so a model cannot forge its own provenance.
     """
 
+    model_config = ConfigDict(defer_build=True)
+
     agent: AgentIdentity
     step_path: str
     run_id: str
@@ -71,6 +75,8 @@ class Provenance(BaseModel):
 
 class Claim(BaseModel):
     """One statement an agent makes, with the evidence it offers."""
+
+    model_config = ConfigDict(defer_build=True)
 
     statement: str
     evidence: list[str] = Field(default_factory=list)
@@ -84,6 +90,8 @@ class Conflict(BaseModel):
     what it said, and ``note`` is the merge step's account of the disagreement.
     """
 
+    model_config = ConfigDict(defer_build=True)
+
     field: str
     values: dict[str, Any]
     note: str = ""
@@ -91,6 +99,8 @@ class Conflict(BaseModel):
 
 class SynthesizedReport(BaseModel):
     """A merge result that keeps disagreements visible instead of averaging them."""
+
+    model_config = ConfigDict(defer_build=True)
 
     summary: str
     agreements: list[str] = Field(default_factory=list)
@@ -100,6 +110,8 @@ class SynthesizedReport(BaseModel):
 
 class Evaluation(BaseModel):
     """An evaluator's verdict on one draft."""
+
+    model_config = ConfigDict(defer_build=True)
 
     passed: bool
     score: float = Field(ge=0, le=1)
@@ -114,6 +126,8 @@ class PlanStep(BaseModel):
     must be listed in ``depends_on``.
     """
 
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     worker: str
     input: dict[str, Any]
@@ -123,12 +137,16 @@ class PlanStep(BaseModel):
 class Plan(BaseModel):
     """An orchestrator's plan. It is journaled and returned: it is the audit trail."""
 
+    model_config = ConfigDict(defer_build=True)
+
     goal: str
     steps: list[PlanStep]
 
 
 class WorkerResult(BaseModel):
     """What one plan step produced."""
+
+    model_config = ConfigDict(defer_build=True)
 
     step_id: str
     worker: str
@@ -138,12 +156,16 @@ class WorkerResult(BaseModel):
 class PlanExecution(BaseModel):
     """What a synthesizer receives: the plan and every step's result."""
 
+    model_config = ConfigDict(defer_build=True)
+
     plan: Plan
     results: list[WorkerResult]
 
 
 class Orchestrated(BaseModel, Generic[T]):
     """The result of ``orchestrate``: the synthesizer's output, with its plan."""
+
+    model_config = ConfigDict(defer_build=True)
 
     output: T
     plan: Plan
@@ -153,6 +175,8 @@ class Orchestrated(BaseModel, Generic[T]):
 
 class LoopResult(BaseModel, Generic[T]):
     """The result of ``loop``: the last draft, and whether it passed or hit the cap."""
+
+    model_config = ConfigDict(defer_build=True)
 
     output: T
     passed: bool
