@@ -3,8 +3,9 @@
 Every event carries the run id, its sequence number in the run, its type,
 the effect key (for effects), span and parent span, step path, the agent
 identity, a UTC timestamp and a JSON payload. ``hash`` is SHA-256 over the
-previous event's hash and the event's canonical JSON, so editing, dropping or
-reordering any event breaks the chain from that event on (``verify``).
+event's header (which holds the previous event's hash) and the exact payload
+text stored, so editing, dropping or reordering any event breaks the chain
+from that event on (``verify``). The payload is encoded once, when emitted.
 
 Format policy: ``JOURNAL_SCHEMA_VERSION`` is stamped on every event and on
 the journal file. A reader reads every older version it knows
@@ -27,6 +28,7 @@ __all__ = [
     "canonical_json",
     "chain_hash",
     "digest",
+    "dumps",
 ]
 
 JOURNAL_SCHEMA_VERSION = 1
@@ -50,9 +52,22 @@ def digest(text: str | bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON that keeps key order: how payloads are stored and hashed."""
+    return _ENCODER.encode(value)  # one encoder, not one per call as json.dumps(**opts) makes
+
+
 @dataclass(slots=True)
 class Event:
-    """One journal event. ``hash`` is filled when the event is chained."""
+    """One journal event. ``hash`` is filled when the event is chained.
+
+    ``payload_json`` and ``agent_json`` are the exact texts stored and hashed;
+    ``payload`` and ``agent`` are their decoded forms. A backend must store the
+    texts byte for byte (TEXT, not a JSON type that reorders keys).
+    """
 
     run_id: str
     seq: int
@@ -67,34 +82,94 @@ class Event:
     prev_hash: str = GENESIS_HASH
     hash: str = ""
     schema_version: int = JOURNAL_SCHEMA_VERSION
+    payload_json: str = ""
+    agent_json: str | None = None
 
-    def body(self) -> dict[str, Any]:
-        """Everything the hash covers (all fields but ``hash``)."""
+    def __post_init__(self) -> None:
+        if not self.payload_json:
+            self.payload_json = dumps(self.payload)
+        if self.agent is not None and self.agent_json is None:
+            self.agent_json = dumps(self.agent)
+
+    def header(self) -> str:
+        """Every field but the payload, as the hash covers them."""
+        return dumps(
+            [
+                self.schema_version,
+                self.run_id,
+                self.seq,
+                self.type,
+                self.path,
+                self.ts,
+                self.key,
+                self.span_id,
+                self.parent_span_id,
+                self.agent_json,
+                self.prev_hash,
+            ]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record that ``from_dict`` turns back into the same event."""
         return {
             "run_id": self.run_id,
             "seq": self.seq,
             "type": self.type,
             "path": self.path,
             "ts": self.ts,
-            "payload": self.payload,
             "key": self.key,
             "span_id": self.span_id,
             "parent_span_id": self.parent_span_id,
-            "agent": self.agent,
+            "agent_json": self.agent_json,
             "prev_hash": self.prev_hash,
+            "hash": self.hash,
             "schema_version": self.schema_version,
+            "payload_json": self.payload_json,
         }
-
-    def to_dict(self) -> dict[str, Any]:
-        data = self.body()
-        data["hash"] = self.hash
-        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
-        return cls(**data)
+        return cls.from_texts(**data)
+
+    @classmethod
+    def from_texts(
+        cls,
+        *,
+        run_id: str,
+        seq: int,
+        type: str,
+        path: str,
+        ts: str,
+        key: str | None,
+        span_id: str | None,
+        parent_span_id: str | None,
+        agent_json: str | None,
+        prev_hash: str,
+        hash: str,
+        schema_version: int,
+        payload_json: str,
+    ) -> Event:
+        """An event read back from storage, decoded from its stored texts."""
+        return cls(
+            run_id=run_id,
+            seq=seq,
+            type=type,
+            path=path,
+            ts=ts,
+            payload=json.loads(payload_json),
+            key=key,
+            span_id=span_id,
+            parent_span_id=parent_span_id,
+            agent=json.loads(agent_json) if agent_json else None,
+            prev_hash=prev_hash,
+            hash=hash,
+            schema_version=schema_version,
+            payload_json=payload_json,
+            agent_json=agent_json,
+        )
 
 
 def chain_hash(event: Event) -> str:
-    """The hash this event must carry, given its ``prev_hash``."""
-    return hashlib.sha256((event.prev_hash + canonical_json(event.body())).encode()).hexdigest()
+    """The hash this event must carry: over its header (with ``prev_hash``) and payload text."""
+    text = f"{event.header()}\n{event.payload_json}"
+    return hashlib.sha256(text.encode()).hexdigest()

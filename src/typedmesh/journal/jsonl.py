@@ -27,7 +27,7 @@ def export_jsonl(journal: Journal, run_id: str, path: str | Path) -> int:
             if isinstance(v, dict) and "$blob" in v
         }
     )
-    lines = [json.dumps({"event": e.to_dict()}, sort_keys=True) for e in events]
+    lines = [json.dumps({"event": e.to_dict()}) for e in events]
     lines += [json.dumps({"blob": d, "data": journal.blob(d).decode()}) for d in digests]
     Path(path).write_text("\n".join(lines) + "\n")
     return len(lines)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..errors import JournalCorrupt, RunNotFound
 from .base import Journal, RunInfo, summarize
@@ -16,19 +16,20 @@ class MemoryJournal(Journal):
     """Keeps copies of events, so mutating an Event after write or read changes nothing."""
 
     def __init__(self) -> None:
-        self._events: dict[str, list[dict[str, object]]] = {}
+        self._events: dict[str, list[dict[str, Any]]] = {}
         self._blobs: dict[str, bytes] = {}
 
     def write(self, events: Sequence[Event], blobs: Mapping[str, bytes]) -> None:
         self._blobs.update(blobs)
         for event in events:
-            self._events.setdefault(event.run_id, []).append(copy.deepcopy(event.to_dict()))
+            # the record holds only strings and numbers: later mutation of the Event is moot
+            self._events.setdefault(event.run_id, []).append(event.to_dict())
 
     def read(self, run_id: str) -> list[Event]:
         rows = self._events.get(run_id)
         if not rows:
             raise RunNotFound(f"no run {run_id!r} in this journal")
-        return [Event.from_dict(copy.deepcopy(row)) for row in rows]
+        return [Event.from_dict(row) for row in rows]  # decoded afresh for each reader
 
     def exists(self, run_id: str) -> bool:
         return run_id in self._events

@@ -84,9 +84,9 @@ class SQLiteJournal(Journal):
                 e.span_id,
                 e.parent_span_id,
                 e.path,
-                json.dumps(e.agent) if e.agent else None,
+                e.agent_json,
                 e.ts,
-                json.dumps(e.payload, separators=(",", ":")),
+                e.payload_json,
                 e.prev_hash,
                 e.hash,
                 e.schema_version,
@@ -121,7 +121,7 @@ class SQLiteJournal(Journal):
         for row in rows:
             try:
                 events.append(
-                    Event(
+                    Event.from_texts(
                         run_id=row[0],
                         seq=row[1],
                         type=row[2],
@@ -129,9 +129,9 @@ class SQLiteJournal(Journal):
                         span_id=row[4],
                         parent_span_id=row[5],
                         path=row[6],
-                        agent=json.loads(row[7]) if row[7] else None,
+                        agent_json=row[7],
                         ts=row[8],
-                        payload=json.loads(row[9]),
+                        payload_json=row[9],
                         prev_hash=row[10],
                         hash=row[11],
                         schema_version=row[12],

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .base import Journal
-from .events import GENESIS_HASH, Event, canonical_json, chain_hash, digest
+from .events import GENESIS_HASH, Event, chain_hash, digest, dumps
 
 __all__ = ["BLOB_THRESHOLD", "RunWriter"]
 
@@ -23,7 +23,16 @@ BLOB_THRESHOLD = 1024
 class RunWriter:
     """Appends one run's events to a journal."""
 
-    __slots__ = ("_blobs", "_buffer", "batch_size", "journal", "prev_hash", "run_id", "seq")
+    __slots__ = (
+        "_agents",
+        "_blobs",
+        "_buffer",
+        "batch_size",
+        "journal",
+        "prev_hash",
+        "run_id",
+        "seq",
+    )
 
     def __init__(
         self,
@@ -41,6 +50,7 @@ class RunWriter:
         self.batch_size = batch_size
         self._buffer: list[Event] = []
         self._blobs: dict[str, bytes] = {}
+        self._agents: dict[int, tuple[dict[str, str], str]] = {}
 
     def emit(
         self,
@@ -53,20 +63,35 @@ class RunWriter:
         parent_span_id: str | None = None,
         agent: dict[str, str] | None = None,
         durable: bool = False,
+        raw: dict[str, str] | None = None,
     ) -> Event:
-        """Append one event; ``durable`` flushes it (and all before it) at once."""
+        """Append one event; ``durable`` flushes it (and all before it) at once.
+
+        ``raw`` adds payload fields whose values are already JSON text (a
+        pydantic ``model_dump_json()``), spliced in without re-encoding. The
+        returned Event holds them as that text; events read back from the
+        journal have them decoded.
+        """
+        payload_json = dumps(payload)  # encoded once: stored and hashed as is
+        if len(payload_json) > BLOB_THRESHOLD:
+            payload, payload_json = self._externalize(payload)
+        if raw:
+            payload_json = self._splice(payload_json, raw)
+            payload = {**payload, **raw}  # not decoded here: readers get them decoded
         event = Event(
             run_id=self.run_id,
             seq=self.seq,
             type=type,
             path=path,
             ts=datetime.now(UTC).isoformat(),
-            payload=self._externalize(payload),
+            payload=payload,
             key=key,
             span_id=span_id,
             parent_span_id=parent_span_id,
             agent=agent,
             prev_hash=self.prev_hash,
+            payload_json=payload_json,
+            agent_json=self._agent_json(agent),
         )
         event.hash = chain_hash(event)
         self.prev_hash = event.hash
@@ -76,19 +101,36 @@ class RunWriter:
             self.flush()
         return event
 
-    def _externalize(self, payload: dict[str, Any]) -> dict[str, Any]:
-        out = payload
-        for name, value in payload.items():
-            if value is None or isinstance(value, bool | int | float):
-                continue
-            text = value if isinstance(value, str) else canonical_json(value)
+    def _agent_json(self, agent: dict[str, str] | None) -> str | None:
+        if agent is None:
+            return None
+        cached = self._agents.get(id(agent))
+        if cached is None or cached[0] is not agent:
+            cached = self._agents[id(agent)] = (agent, dumps(agent))
+        return cached[1]
+
+    def _splice(self, payload_json: str, raw: dict[str, str]) -> str:
+        items = [payload_json[1:-1]] if len(payload_json) > 2 else []
+        for name, text in raw.items():
             if len(text) > BLOB_THRESHOLD:
                 ref = digest(text)
                 self._blobs[ref] = text.encode()
-                if out is payload:
-                    out = dict(payload)
+                text = dumps({"$blob": ref, "json": True})
+            items.append(f"{dumps(name)}:{text}")
+        return "{" + ",".join(items) + "}"
+
+    def _externalize(self, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Move each large payload value to a blob stored once under its digest."""
+        out = dict(payload)
+        for name, value in payload.items():
+            if value is None or isinstance(value, bool | int | float):
+                continue
+            text = value if isinstance(value, str) else dumps(value)
+            if len(text) > BLOB_THRESHOLD:
+                ref = digest(text)
+                self._blobs[ref] = text.encode()
                 out[name] = {"$blob": ref, "json": not isinstance(value, str)}
-        return out
+        return out, dumps(out)
 
     def flush(self) -> None:
         """Write every buffered event (and its blobs) in one transaction."""

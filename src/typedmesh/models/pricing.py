@@ -36,6 +36,11 @@ PRICES: dict[str, Price] = {
 def register_price(model: str, input_per_mtok: float, output_per_mtok: float) -> None:
     """Add or override the price of a model name."""
     PRICES[model] = Price(input_per_mtok, output_per_mtok)
+    _resolved.clear()
+
+
+_resolved: dict[str, Price | None] = {}
+"""Lookups of the default table by model name: one scan per name, not per call."""
 
 
 def _lookup(model: str, table: dict[str, Price]) -> Price | None:
@@ -51,7 +56,12 @@ def cost_of(
     model: str, input_tokens: int, output_tokens: int, table: dict[str, Price] | None = None
 ) -> float:
     """Dollar cost of one call; 0.0 for a model the table does not know."""
-    price = _lookup(model, PRICES if table is None else table)
+    if table is None:
+        if model not in _resolved:
+            _resolved[model] = _lookup(model, PRICES)
+        price = _resolved[model]
+    else:
+        price = _lookup(model, table)
     if price is None:
         return 0.0
     return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6

@@ -236,15 +236,14 @@ class RunContext:
             return response
 
     def _account(self, model: Model, response: ModelResponse) -> None:
+        """Add a priced response's usage to its step and to the run."""
         usage = response.usage
         name = response.model or model.name
-        usage.cost_usd = cost_of(name, usage.input_tokens, usage.output_tokens)
+        if not usage.cost_usd and usage.total_tokens:  # a journal from before per-call cost
+            usage.cost_usd = cost_of(name, usage.input_tokens, usage.output_tokens)
         usage.model_calls = 1
-        for total in (self.node.usage, self._run.usage):
-            total.input_tokens += usage.input_tokens
-            total.output_tokens += usage.output_tokens
-            total.model_calls += 1
-            total.cost_usd += usage.cost_usd
+        add_usage(self.node.usage, usage)
+        add_usage(self._run.usage, usage)
         if name not in self.node.models:
             self.node.models.append(name)
 
@@ -339,6 +338,16 @@ async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
     return response
 
 
+def add_usage(total: Usage, usage: Usage) -> None:
+    """``total += usage`` in place; the counters are plain ints, so skip pydantic's setattr."""
+    fields = total.__dict__
+    fields["input_tokens"] += usage.input_tokens
+    fields["output_tokens"] += usage.output_tokens
+    fields["model_calls"] += usage.model_calls
+    fields["tool_calls"] += usage.tool_calls
+    fields["cost_usd"] += usage.cost_usd
+
+
 def span_id(run_id: str, path: str) -> str:
     """A deterministic span id: the same step of the same run always gets the same id."""
     return hashlib.sha256(f"{run_id}/{path}".encode()).hexdigest()[:16]
@@ -405,14 +414,11 @@ async def invoke_traced(
         sink.emit(
             "step.completed",
             ctx.path,
-            {
-                "output": output.model_dump(mode="json"),
-                "usage": node.total_usage().model_dump(),
-                "duration_ms": node.duration_ms,
-            },
+            {"usage": node.total_usage().model_dump(), "duration_ms": node.duration_ms},
             span_id=span,
             parent_span_id=parent,
             agent=agent,
+            raw={"output": output.model_dump_json()},
         )
     return output
 

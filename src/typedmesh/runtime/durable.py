@@ -27,7 +27,7 @@ from ..errors import (
     TransientModelError,
 )
 from ..journal.base import Journal
-from ..journal.events import Event, canonical_json, digest
+from ..journal.events import Event, digest, dumps
 from ..journal.verify import load_payload
 from ..journal.writer import RunWriter
 from ..models.base import ModelRequest, ModelResponse
@@ -143,13 +143,13 @@ class JournalEffects:
         execute: Callable[[], Awaitable[Any]],
         meta: dict[str, Any] | None = None,
     ) -> Any:
-        # canonical (sorted-key) JSON: a request rebuilt from the journal, whose dicts
-        # may come back in another key order, still has the same digest
+        # journals keep key order byte for byte, so a request rebuilt from recorded
+        # responses serializes to the same text as the live one
         if kind == "model":
             assert isinstance(request, ModelRequest)
-            request_text = canonical_json(request.model_dump(mode="json"))
+            request_text = request.model_dump_json()
         else:
-            request_text = canonical_json(request)
+            request_text = dumps(request)
         request_digest = digest(request_text)
         rec = self.recorded.get(key) if self.recorded else None
         if rec is not None and not ctx.runs_live:
@@ -193,7 +193,8 @@ class JournalEffects:
             return None
         if rec.kind == "tool":  # a tool's request fields are the payload itself
             return {k: v for k, v in rec.request_event.payload.items() if k != "request_digest"}
-        return load_payload(rec.request_event, self.journal, "request")
+        request = load_payload(rec.request_event, self.journal, "request")
+        return request if isinstance(request, str) else dumps(request)
 
     async def _live(
         self,
@@ -215,11 +216,12 @@ class JournalEffects:
             writer.emit(
                 "model.request",
                 ctx.path,
-                {"request": request_text, "request_digest": request_digest, **(meta or {})},
+                {"request_digest": request_digest, **(meta or {})},
                 key=key,
                 span_id=span,
                 parent_span_id=parent,
                 agent=agent,
+                raw={"request": request_text},
             )
         else:
             writer.emit(
@@ -255,11 +257,12 @@ class JournalEffects:
             writer.emit(
                 "model.response",
                 ctx.path,
-                {"response": result.model_dump(mode="json")},
+                {},
                 key=key,
                 span_id=span,
                 parent_span_id=parent,
                 agent=agent,
+                raw={"response": result.model_dump_json()},
             )
         else:
             writer.emit(
