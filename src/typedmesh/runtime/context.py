@@ -240,8 +240,8 @@ class RunContext:
         usage = response.usage
         name = response.model or model.name
         if not usage.cost_usd and usage.total_tokens:  # a journal from before per-call cost
-            usage.cost_usd = cost_of(name, usage.input_tokens, usage.output_tokens)
-        usage.model_calls = 1
+            usage.__dict__["cost_usd"] = cost_of(name, usage.input_tokens, usage.output_tokens)
+        usage.__dict__["model_calls"] = 1
         add_usage(self.node.usage, usage)
         add_usage(self._run.usage, usage)
         if name not in self.node.models:
@@ -333,8 +333,11 @@ async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
     except Exception as exc:
         raise ModelError(f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from exc
     usage = response.usage  # priced here so the journaled response carries its cost
-    usage.cost_usd = cost_of(response.model or model.name, usage.input_tokens, usage.output_tokens)
-    usage.model_calls = 1
+    fields = usage.__dict__  # plain counters: skip pydantic's validating setattr
+    fields["cost_usd"] = cost_of(
+        response.model or model.name, usage.input_tokens, usage.output_tokens
+    )
+    fields["model_calls"] = 1
     return response
 
 
