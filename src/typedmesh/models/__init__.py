@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import urlparse
 
 from ..errors import ConfigurationError, ModelError
+from ._sdk import is_loopback
 from .base import Message, Model, ModelRequest, ModelResponse, ToolCall, ToolSchema, Usage
 
 __all__ = [
@@ -38,8 +38,7 @@ def check_network_allowed(base_url: str | None) -> None:
     """
     if globals()["ALLOW_NETWORK"]:  # read live: tests patch the module attribute
         return
-    host = urlparse(base_url).hostname if base_url else None
-    if host in {"127.0.0.1", "localhost", "::1"}:
+    if is_loopback(base_url):
         return
     raise ModelError(
         f"network calls are disabled (typedmesh.models.ALLOW_NETWORK is False); "

@@ -19,26 +19,20 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
-from urllib.parse import urlparse
 
 from ..errors import ConfigurationError, MissingExtraError, ModelError, TransientModelError
 from . import check_network_allowed
+from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback
 from .base import Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 __all__ = ["AnthropicModel"]
 
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-_DUMMY_KEY = "not-needed"  # a local stand-in ignores the key; the SDK wants one
 
 DEFAULT_MAX_TOKENS = 4096
 """Anthropic requires ``max_tokens``; used when the request leaves it unset."""
 
 
-def _is_loopback(url: str | None) -> bool:
-    return bool(url) and urlparse(url).hostname in _LOOPBACK
-
-
-class AnthropicModel:
+class AnthropicModel(SDKModel):
     """A Model served through ``AsyncAnthropic().messages.create``.
 
     ``client`` injects a ready ``AsyncAnthropic`` (its own settings win over
@@ -70,9 +64,9 @@ class AnthropicModel:
             if (
                 api_key is None
                 and not os.environ.get("ANTHROPIC_AUTH_TOKEN")
-                and _is_loopback(base_url)
+                and is_loopback(base_url)
             ):
-                api_key = _DUMMY_KEY
+                api_key = LOOPBACK_KEY
             # api_key=None lets the SDK find other credentials (auth token, profiles).
             try:
                 client = anthropic.AsyncAnthropic(
@@ -87,16 +81,6 @@ class AnthropicModel:
                     "ANTHROPIC_API_KEY"
                 )
         self._client: Any = client
-
-    @property
-    def base_url(self) -> str:
-        """Where requests go, as the SDK resolved it (what the kill switch checks)."""
-        return str(self._client.base_url)
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this model created it."""
-        if self._owns_client:
-            await self._client.close()
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
         check_network_allowed(self.base_url)

@@ -13,20 +13,13 @@ import json
 import os
 import re
 from typing import Any
-from urllib.parse import urlparse
 
 from ..errors import ConfigurationError, MissingExtraError, ModelError, TransientModelError
 from . import check_network_allowed
+from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback
 from .base import Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 __all__ = ["OpenAIModel"]
-
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-_DUMMY_KEY = "not-needed"  # local servers ignore the key, but the SDK insists on one
-
-
-def _is_loopback(url: str | None) -> bool:
-    return bool(url) and urlparse(url).hostname in _LOOPBACK
 
 
 def _schema_name(name: str) -> str:
@@ -34,7 +27,7 @@ def _schema_name(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:64] or "output"
 
 
-class OpenAIModel:
+class OpenAIModel(SDKModel):
     """A Model served through ``AsyncOpenAI().chat.completions.create``.
 
     ``client`` injects a ready ``AsyncOpenAI`` (its own settings win over
@@ -63,8 +56,8 @@ class OpenAIModel:
         if client is None:
             base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
             api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
-            if api_key is None and _is_loopback(base_url):
-                api_key = _DUMMY_KEY
+            if api_key is None and is_loopback(base_url):
+                api_key = LOOPBACK_KEY
             try:
                 client = openai.AsyncOpenAI(
                     base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0
@@ -72,16 +65,6 @@ class OpenAIModel:
             except openai.OpenAIError as exc:  # e.g. no API key for a hosted endpoint
                 raise ConfigurationError(f"OpenAIModel({name!r}): {exc}") from exc
         self._client: Any = client
-
-    @property
-    def base_url(self) -> str:
-        """Where requests go, as the SDK resolved it (what the kill switch checks)."""
-        return str(self._client.base_url)
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this model created it."""
-        if self._owns_client:
-            await self._client.close()
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
         check_network_allowed(self.base_url)
