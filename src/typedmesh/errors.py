@@ -11,6 +11,8 @@ catching that one class is enough to separate framework failures from bugs::
     ├── RunError                  a run failed; carries ``run_id`` and ``partial``
     │   ├── InputValidationError  the run input does not fit the flow's input model
     │   ├── OutputValidationError a model kept returning output that fails its contract
+    │   ├── HandoffError          a value failed the next step's contract at run time
+    │   ├── StepFailed            a user step raised a non-typedmesh exception (the cause)
     │   ├── GateError             an output passed its model but failed a framework gate
     │   │   ├── ConflictsDropped  a merge dropped a detected conflict
     │   │   └── PlanRejected      a planner kept returning an invalid plan
@@ -44,6 +46,7 @@ __all__ = [
     "ConflictsDropped",
     "ContractError",
     "GateError",
+    "HandoffError",
     "InDoubtError",
     "InputValidationError",
     "JournalCorrupt",
@@ -57,6 +60,7 @@ __all__ = [
     "RunNotFound",
     "ScriptExhausted",
     "StaleVersion",
+    "StepFailed",
     "ToolDenied",
     "ToolError",
     "ToolLoopExceeded",
@@ -139,6 +143,52 @@ class OutputValidationError(RunError):
         super().__init__(message)
 
 
+class HandoffError(RunError):
+    """A step's output failed the next step's input contract when it was handed over.
+
+    Contracts are checked when a flow is built; what no type can express (a
+    validator on the target, a runtime-only constraint) is checked at the
+    handoff. ``source`` and ``target`` name the two sides and ``problems``
+    lists each failing field as ``path: message``.
+    """
+
+    def __init__(
+        self, message: str, *, source: str = "", target: str = "", problems: list[str] | None = None
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.problems = list(problems or [])
+        super().__init__(message + "".join(f"\n  - {p}" for p in self.problems))
+
+
+class StepFailed(RunError):
+    """A user step raised an exception that is not a typedmesh error.
+
+    ``error_type`` names the original exception's class (``ValueError``,
+    ``mypkg.Oops``), ``step_path`` the step that raised it; the original is
+    ``__cause__``. Like every ``RunError`` it carries ``run_id`` and ``partial``.
+    """
+
+    def __init__(self, message: str, *, step_path: str | None = None, error_type: str = "") -> None:
+        self.step_path = step_path
+        self.error_type = error_type
+        super().__init__(message)
+
+    @classmethod
+    def wrap(cls, exc: BaseException, *, step_path: str | None = None) -> StepFailed:
+        """A ``StepFailed`` for ``exc`` raised in ``step_path``, with ``exc`` as its cause."""
+        kind = type(exc)
+        error_type = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        where = f"step {step_path!r} raised " if step_path else ""
+        failed = cls(f"{where}{error_type}: {exc}", step_path=step_path, error_type=error_type)
+        failed.__cause__ = exc
+        return failed
+
+
 class GateError(RunError):
     """An output that fits its model but fails a framework gate, after every retry."""
 
@@ -172,9 +222,10 @@ class ScriptExhausted(RunError):
 class ToolDenied(RunError):
     """A tool call lacked a required scope; nothing ran."""
 
-    def __init__(self, tool: str, *, missing: set[str], step: str) -> None:
+    def __init__(self, tool: str, *, missing: set[str], step: str = "") -> None:
         self.tool = tool
         self.missing = frozenset(missing)
+        self.step = step
         super().__init__(f"tool {tool!r} denied for {step!r}: missing scope(s) {sorted(missing)}")
 
 
