@@ -10,12 +10,14 @@ calls go through the run context, which checks scopes and journals them.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from .contracts import AgentIdentity, Intent, Provenance
+from .decoding import OutputView, decode_json, output_view
 from .errors import (
     ConfigurationError,
     OutputValidationError,
@@ -131,6 +133,8 @@ class Agent(Step[In, Out]):
     async def _converse(self, input: In, ctx: RunContext, gate: Gate | None) -> Out:
         model = self.model
         notes = [*ctx.notes, gate.guidance] if gate is not None else ctx.notes
+        view = output_view(gate)
+        output_schema = view.schema(self.output_schema) if view else self.output_schema
         input_json = input.model_dump_json()
         messages = [
             Message(role="system", content=self.system_prompt(ctx.intent, notes)),
@@ -145,7 +149,7 @@ class Agent(Step[In, Out]):
         while True:
             request = ModelRequest(
                 messages=list(messages),
-                output_schema=self.output_schema,
+                output_schema=output_schema,
                 output_name=self.output_type.__name__,
                 tools=self._tool_schemas,
                 temperature=self.temperature,
@@ -174,7 +178,7 @@ class Agent(Step[In, Out]):
                 continue
             raw = response.content or ""
             try:
-                output = self.output_type.model_validate_json(strip_fences(raw))
+                output = self._decode(raw, view, ctx)
             except ValidationError as exc:
                 problems = validation_messages(exc)
                 raw_outputs.append(raw)
@@ -204,6 +208,8 @@ class Agent(Step[In, Out]):
                 )
             if gate is not None:
                 problems = gate.check(output)
+                if view is not None:
+                    problems = [*view.problems(output), *problems]
                 if problems:
                     gate_failures += 1
                     ctx.record("output.gate_failed", attempt=gate_failures, problems=problems)
@@ -217,6 +223,34 @@ class Agent(Step[In, Out]):
                     messages += _feedback(raw, "is valid JSON but was rejected", problems)
                     continue
             return output
+
+    def _decode(self, raw: str, view: OutputView | None, ctx: RunContext) -> Out:
+        """The output in a model's answer, decoded leniently; raises ``ValidationError``.
+
+        Clean JSON is validated as is. Otherwise ``decode_json`` repairs what
+        a real model gets wrong (a fence, text around the JSON, raw control
+        characters in strings) and an ``output.repaired`` event says what; only
+        text with no JSON object in it is invalid. A gate's ``OutputView``
+        stamps what the framework holds into the answer before validation.
+        """
+        first: ValidationError | None = None
+        if view is None:
+            try:
+                return self.output_type.model_validate_json(raw)
+            except ValidationError as exc:
+                if not any(e["type"] == "json_invalid" for e in exc.errors()):
+                    raise
+                first = exc
+        try:
+            decoded = decode_json(raw)
+        except json.JSONDecodeError as exc:
+            raise first or _invalid_json(self.output_type, raw, exc) from None
+        if decoded.repaired:
+            ctx.record("output.repaired", repairs=list(decoded.repairs))
+        if view is None:
+            return self.output_type.model_validate_json(decoded.text())
+        value = view.apply(decoded.value)
+        return self.output_type.model_validate_json(json.dumps(value, ensure_ascii=False))
 
     async def _answer(self, call: ToolCall, ctx: RunContext, tools_used: list[str]) -> str:
         """Run one tool call; any refusal or failure is told to the model, not raised."""
@@ -253,14 +287,12 @@ def render_intent(intent: Intent) -> str:
     return "\n".join(lines)
 
 
-def strip_fences(text: str) -> str:
-    """Drop a Markdown code fence around JSON, which some models add anyway."""
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
-        if stripped.rstrip().endswith("```"):
-            stripped = stripped.rstrip()[:-3]
-    return stripped
+def _invalid_json(model: type[BaseModel], raw: str, exc: json.JSONDecodeError) -> ValidationError:
+    """A pydantic ``json_invalid`` error for text ``decode_json`` could not read."""
+    return ValidationError.from_exception_data(
+        model.__name__,
+        [{"type": "json_invalid", "loc": (), "input": raw, "ctx": {"error": exc.msg}}],
+    )
 
 
 def validation_messages(exc: ValidationError) -> list[str]:

@@ -4,7 +4,9 @@
 model" says, tool calls and failures included. ``SchemaModel`` invents output
 that fits the requested schema, so a whole flow runs end to end in a demo or
 a property test. Both count tokens the same deterministic way, so budgets and
-usage reports behave as they would against a real provider.
+usage reports behave as they would against a real provider. ``SloppyModel``
+wraps either and answers the way small real models do: a sentence, a code
+fence, raw newlines inside JSON strings.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import inspect
 import json
 import random
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeAlias
 
@@ -21,15 +24,17 @@ from pydantic_core import to_json
 
 from ..errors import ConfigurationError, ModelError, ScriptExhausted
 from ._schema_values import WORDS, UnsatisfiableSchema, ValueGenerator
-from .base import ModelRequest, ModelResponse, ToolCall, Usage
+from .base import Model, ModelRequest, ModelResponse, ToolCall, Usage
 
 __all__ = [
     "SchemaModel",
     "ScriptItem",
     "ScriptedModel",
+    "SloppyModel",
     "count_tokens",
     "request_tokens",
     "response_tokens",
+    "sloppy_json",
 ]
 
 ScriptItem: TypeAlias = (
@@ -290,3 +295,113 @@ class SchemaModel:
         response = ModelResponse(content=content, model=self.name)
         response.usage = _usage(request, response)
         return response
+
+
+# -- SloppyModel --------------------------------------------------------------
+
+_LEADS = (
+    "Here is the JSON you asked for:",
+    "Sure! Here's my answer.",
+    "Certainly. Below is the requested output in JSON format.",
+    "Okay, here is the result:",
+)
+_TAILS = (
+    "Let me know if you need anything else.",
+    "I hope this helps!",
+    "Note: all fields follow the schema above.",
+)
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.S)
+_RAW = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def _raw_escapes(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if code in _RAW:
+        return _RAW[code]
+    if code[0] == "u" and int(code[1:], 16) < 0x20:
+        return chr(int(code[1:], 16))
+    return match.group(0)
+
+
+def sloppy_json(
+    value: Any,
+    rng: random.Random,
+    *,
+    lead: bool = True,
+    fence: bool = True,
+    raw_controls: bool = True,
+    tail: bool = False,
+) -> str:
+    """``value`` as JSON the way a sloppy model writes it.
+
+    ``raw_controls``: control characters inside strings written raw (a newline
+    in a string is a line break, not ``\\n``); ``fence``: a Markdown code fence
+    around the JSON; ``lead`` / ``tail``: a sentence before / after it. ``rng``
+    picks the sentences and the indentation. The value is unchanged: a lenient
+    decoder gets exactly ``value`` back.
+    """
+    text = json.dumps(value, ensure_ascii=False, indent=rng.choice((None, 2)))
+    if raw_controls:
+        text = _STRING.sub(lambda m: _ESCAPE.sub(_raw_escapes, m.group(0)), text)
+    if fence:
+        text = f"```json\n{text}\n```"
+    if lead:
+        text = f"{rng.choice(_LEADS)}\n\n{text}"
+    if tail:
+        text = f"{text}\n\n{rng.choice(_TAILS)}"
+    return text
+
+
+class SloppyModel:
+    """Wraps a model and makes its JSON answers look like a sloppy real model's.
+
+    What small instruction-tuned models do even under JSON-schema constrained
+    decoding: a sentence before the JSON, a code fence around it, raw newlines
+    (and tabs) inside strings, sometimes a sentence after it. Each trick is
+    applied with probability ``rate`` (1.0: every answer has all of them but
+    the closing sentence, which comes at half the rate), deterministically in
+    ``seed`` and the request. Tool calls and answers that are not a JSON object
+    pass through unchanged; the value inside is never changed, so a flow that
+    decodes leniently gives the same result as with ``inner`` itself.
+    """
+
+    __test__: ClassVar[bool] = False
+
+    def __init__(self, inner: Model, *, seed: int = 0, rate: float = 1.0) -> None:
+        if not 0 <= rate <= 1:
+            raise ConfigurationError(f"SloppyModel rate must be in [0, 1], got {rate!r}")
+        self.inner = inner
+        self.seed = seed
+        self.rate = rate
+        self.name = inner.name
+        self.provider = inner.provider
+
+    def __repr__(self) -> str:
+        return f"SloppyModel({self.inner!r}, seed={self.seed}, rate={self.rate})"
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        response = await self.inner.generate(request)
+        if response.tool_calls or not response.content:
+            return response
+        try:
+            value = json.loads(response.content)
+        except json.JSONDecodeError:
+            return response
+        if not isinstance(value, dict):
+            return response
+        material = f"{self.seed}\x00{request.model_dump_json()}".encode()
+        rng = random.Random(int.from_bytes(hashlib.sha256(material).digest()[:16], "big"))
+        rate = self.rate
+        content = sloppy_json(
+            value,
+            rng,
+            lead=rng.random() < rate,
+            fence=rng.random() < rate,
+            raw_controls=rng.random() < rate,
+            tail=rng.random() < rate / 2,
+        )
+        sloppy = response.model_copy(update={"content": content}, deep=True)
+        if self.provider == "offline":  # offline usage is counted from the text: recount it
+            sloppy.usage.output_tokens = response_tokens(sloppy)
+        return sloppy
