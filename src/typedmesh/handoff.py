@@ -43,6 +43,7 @@ from .errors import HandoffError
 __all__ = [
     "Handoff",
     "annotation_problem",
+    "field_annotation",
     "handoff_problems",
     "source_field",
     "type_name",
@@ -233,7 +234,7 @@ def _with(base: Any, metadata: tuple[Any, ...]) -> Any:
     return Annotated[(base, *metadata)] if metadata else base
 
 
-def _field_annotation(field: FieldInfo) -> Any:
+def field_annotation(field: FieldInfo) -> Any:
     """A field's annotation with its constraints (Pydantic moves them to ``metadata``)."""
     return _with(field.annotation, tuple(field.metadata))
 
@@ -460,7 +461,7 @@ def _model_problems(
                 problems.append(f"missing field {name!r} ({type_name(field.annotation)})")
             continue
         problem = _problem(
-            _field_annotation(src_fields[feeder]), _field_annotation(field), seen, depth
+            field_annotation(src_fields[feeder]), field_annotation(field), seen, depth
         )
         if problem is not None:
             via = "" if feeder == name else f" (from {feeder!r})"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 import typedmesh as tm
+from typedmesh.errors import HandoffError
 from typedmesh.models.base import ModelRequest
 
 
@@ -115,3 +116,88 @@ def test_evaluator_contract_is_checked() -> None:
         tm.loop(writer(tm.SchemaModel()), bad, max_rounds=2)
     assert any("'draft'" in p for p in info.value.problems)
     assert any("'text'" in p for p in info.value.problems)
+
+
+class WrongDraftSpec(BaseModel):
+    spec: str
+    previous_draft: str | None = None  # the draft is a Draft, not a str
+    feedback: int | None = None  # feedback is text
+
+
+class SummaryDraft(BaseModel):  # narrower than Draft: a compatible model
+    code: str
+
+
+class NarrowSpec(BaseModel):
+    spec: str
+    previous_draft: SummaryDraft | None = None
+    feedback: str | None = None
+
+
+def test_generator_previous_draft_and_feedback_types_are_checked_when_built() -> None:
+    class DraftOnly(BaseModel):
+        draft: Draft
+
+    gen = tm.Agent("writer", input=WrongDraftSpec, output=Draft, model=tm.SchemaModel())
+    judge = tm.Agent("judge", input=DraftOnly, output=tm.Evaluation, model=tm.SchemaModel())
+    with pytest.raises(tm.ContractError) as info:
+        tm.loop(gen, judge, max_rounds=2)
+    assert info.value.problems == [
+        "generator input field 'previous_draft': Draft is not one of str | None",
+        "generator input field 'feedback': str is not one of int | None",
+    ]
+
+
+def test_evaluator_field_types_are_checked_when_built() -> None:
+    class BadReview(BaseModel):
+        draft: Draft
+        round: str  # the loop fills an int
+
+    bad = tm.Agent("bad", input=BadReview, output=tm.Evaluation, model=tm.SchemaModel())
+    with pytest.raises(tm.ContractError) as info:
+        tm.loop(writer(tm.SchemaModel()), bad, max_rounds=2)
+    assert info.value.problems == ["evaluator input field 'round': gives int, wants str"]
+
+
+def test_a_compatible_draft_model_reaches_the_generator_as_its_declared_type() -> None:
+    inputs: list[NarrowSpec] = []
+
+    @tm.step(name="writer")
+    def write(spec: NarrowSpec) -> Draft:
+        inputs.append(spec)
+        return Draft(code=f"v{len(inputs)}")
+
+    flow = tm.loop(write, strict_reviewer(2, []), max_rounds=3)
+    result = tm.run(flow, {"spec": "f"})
+    assert result.output.passed and result.output.rounds == 2
+    assert inputs[1].previous_draft == SummaryDraft(code="v1")
+    assert inputs[1].feedback == "add a docstring (round 1)"
+
+
+def test_an_evaluator_validator_failing_at_run_time_is_a_handoff_error() -> None:
+    class PickyReview(BaseModel):
+        draft: Draft
+
+        @field_validator("draft")
+        @classmethod
+        def not_empty(cls, draft: Draft) -> Draft:
+            if not draft.code:
+                raise ValueError("empty draft")
+            return draft
+
+    @tm.step(name="writer")
+    def write(spec: Spec) -> Draft:
+        return Draft(code="")
+
+    @tm.step(name="picky")
+    def picky(review: PickyReview) -> tm.Evaluation:
+        return tm.Evaluation(passed=True, score=1.0, feedback="")
+
+    with pytest.raises(HandoffError) as info:
+        tm.run(tm.loop(write, picky, max_rounds=2, name="refine"), {"spec": "f"}, run_id="l-1")
+    err = info.value
+    assert err.source == "writer" and err.target == "picky"
+    assert err.problems == ["draft: Value error, empty draft"]
+    assert err.run_id == "l-1"
+    written = err.partial.find("refine/writer[1]")
+    assert written is not None and written.output == Draft(code="")

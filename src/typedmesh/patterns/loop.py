@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from ..contracts import AgentIdentity, Evaluation, LoopResult
-from ..errors import ConfigurationError, ContractError
-from ..handoff import annotation_problem
+from ..contracts import AgentIdentity, Evaluation, Intent, LoopResult
+from ..errors import ConfigurationError, ContractError, HandoffError
+from ..handoff import annotation_problem, field_annotation, validate_input
 from ..runtime.context import RunContext
 from ..step import Step
 
@@ -26,6 +26,9 @@ class Loop(Step[Any, Any]):
     its input model declares them). The evaluator receives ``draft`` (and
     ``task``, ``round``, ``intent`` when declared). The result says whether a
     draft passed or the loop hit ``max_rounds``.
+
+    Every one of those fields is type-checked when the loop is built; a value
+    a validator still rejects at run time is a ``HandoffError``.
     """
 
     kind = "loop"
@@ -53,6 +56,27 @@ class Loop(Step[Any, Any]):
         fields = generator.input_type.model_fields
         self._gen_fills = [f for f in GENERATOR_FILLED if f in fields]
         self._eval_fills = EVALUATOR_FILLED & set(evaluator.input_type.model_fields)
+        self._fill_adapters: dict[str, TypeAdapter[Any]] = {}  # built on first revision
+
+    def _fill_value(self, name: str, value: Any) -> Any:
+        """``value`` as the generator's ``name`` field declares it (a compatible model too)."""
+        adapter = self._fill_adapters.get(name)
+        if adapter is None:
+            field = self.generator.input_type.model_fields[name]
+            adapter = self._fill_adapters[name] = TypeAdapter(field_annotation(field))
+        try:
+            return adapter.validate_python(value, from_attributes=True)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(map(str, (name, *e['loc'])))}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            ]
+            raise HandoffError(
+                f"loop: {name!r} for generator {self.generator.name!r} does not fit its field",
+                source=self.evaluator.name if name == "feedback" else self.generator.name,
+                target=self.generator.name,
+                problems=problems,
+            ) from exc
 
     def children(self) -> tuple[Step[Any, Any], ...]:
         return (self.generator, self.evaluator)
@@ -73,13 +97,18 @@ class Loop(Step[Any, Any]):
                 )
                 if self._gen_fills:
                     values = {"previous_draft": draft, "feedback": last.feedback}
-                    gen_input = input.model_copy(update={f: values[f] for f in self._gen_fills})
+                    gen_input = input.model_copy(
+                        update={f: self._fill_value(f, values[f]) for f in self._gen_fills}
+                    )
             draft = await ctx.run(
                 self.generator, gen_input, label=f"{self.generator.name}[{round_no}]", notes=notes
             )
             available = {"draft": draft, "task": input, "round": round_no, "intent": ctx.intent}
-            review = self.evaluator.input_type.model_validate(
-                {k: available[k] for k in self._eval_fills}
+            review = validate_input(
+                self.evaluator.input_type,
+                {k: available[k] for k in self._eval_fills},
+                source=self.generator.name,
+                target=self.evaluator.name,
             )
             evaluation: Evaluation = await ctx.run(
                 self.evaluator, review, label=f"{self.evaluator.name}[{round_no}]"
@@ -107,21 +136,32 @@ def _check(generator: Step[Any, Any], evaluator: Step[Any, Any]) -> None:
             f"evaluator input {evaluator.input_type.__name__} has no 'draft' field "
             f"for the generator's {generator.output_type.__name__}"
         )
-    else:
-        problem = annotation_problem(generator.output_type, fields["draft"].annotation)
-        if problem:
-            problems.append(f"field 'draft': {problem}")
-    if "task" in fields:
-        problem = annotation_problem(generator.input_type, fields["task"].annotation)
-        if problem:
-            problems.append(f"field 'task': {problem}")
+    # what the loop fills in the evaluator's input, and with what type
+    evaluator_gets = {
+        "draft": generator.output_type,
+        "task": generator.input_type,
+        "round": int,
+        "intent": Intent,
+    }
+    for name, given in evaluator_gets.items():
+        if name in fields:
+            problem = annotation_problem(given, field_annotation(fields[name]))
+            if problem:
+                problems.append(f"evaluator input field {name!r}: {problem}")
     for name, field in fields.items():
         if name not in EVALUATOR_FILLED and field.is_required():
             problems.append(f"evaluator input field {name!r} is required but nothing fills it")
+    # what the loop fills in the generator's input from round two on
+    generator_gets = {"previous_draft": generator.output_type, "feedback": str}
     for name in GENERATOR_FILLED:
         field = generator.input_type.model_fields.get(name)
-        if field is not None and field.is_required():
+        if field is None:
+            continue
+        if field.is_required():
             problems.append(f"generator input field {name!r} must be optional (empty in round 1)")
+        problem = annotation_problem(generator_gets[name], field_annotation(field))
+        if problem:
+            problems.append(f"generator input field {name!r}: {problem}")
     if problems:
         raise ContractError(
             f"loop: {generator.name!r} and {evaluator.name!r} do not fit",
