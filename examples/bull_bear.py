@@ -1,8 +1,11 @@
 """Bull vs bear: a parallel split-and-merge whose merge surfaces conflicts.
 
 Two analysts argue opposite cases for one ticker at the same time; a
-synthesizer receives both typed verdicts and must carry every disagreement
-the framework detects as a ``Conflict`` instead of averaging them away.
+synthesizer receives both typed verdicts. The framework compares them itself
+and stamps every disagreement into the report as a ``Conflict`` holding each
+side's values verbatim; the synthesizer writes only its note on each (the
+``conflict_notes`` its output schema asks for), so nothing is averaged away,
+re-typed or dropped.
 
     python examples/bull_bear.py            # offline, deterministic
     python examples/bull_bear.py NVDA       # another ticker
@@ -123,22 +126,15 @@ def offline_bear(request: tm.ModelRequest) -> dict[str, Any]:
     return {"position": "bear", "claims": claims, "risks": risks, "confidence": confidence}
 
 
-def detected_conflict_fields(system_prompt: str) -> list[str]:
-    """The fields in the framework's conflict briefing ("- FIELD: bull=..., bear=...")."""
-    for paragraph in system_prompt.split("\n\n"):
-        if paragraph.startswith("The branches disagree."):
-            return [
-                line[2:].split(": ", 1)[0]
-                for line in paragraph.splitlines()
-                if line.startswith("- ")
-            ]
-    return []
+def conflict_fields(request: tm.ModelRequest) -> list[str]:
+    """The fields the framework found in conflict: the notes the output schema asks for.
 
-
-def _at(data: Any, path: str) -> Any:
-    for part in path.split("."):
-        data = data[part] if isinstance(data, dict) else data[int(part)]
-    return data
+    Structured, not prose: a real model is held to the same schema by its
+    constrained decoding. The values themselves are stamped by the framework.
+    """
+    schema = request.output_schema or {}
+    notes = schema.get("properties", {}).get("conflict_notes", {})
+    return list(notes.get("required", []))
 
 
 def _without_provenance(value: Any) -> Any:
@@ -178,19 +174,11 @@ def _note(field: str, bull: dict[str, Any], bear: dict[str, Any]) -> str:
 def offline_judge(request: tm.ModelRequest) -> dict[str, Any]:
     debate = _without_provenance(request.input_data())
     bull, bear = debate["bull"], debate["bear"]
-    fields = detected_conflict_fields(request.system)
-    conflicts = [
-        {
-            "field": field,
-            "values": {side: _at(debate[side], field) for side in ("bull", "bear")},
-            "note": _note(field, bull, bear),
-        }
-        for field in fields
-    ]
+    fields = conflict_fields(request)
     agreements = [f"Both flag: {r}" for r in bull["risks"] if r in bear["risks"]]
     summary = (
         f"bull ({bull['confidence']:.2f}) and bear ({bear['confidence']:.2f}) disagree on "
-        f"{len(conflicts)} field(s): {', '.join(fields) or 'none'}. The disagreement is "
+        f"{len(fields)} field(s): {', '.join(fields) or 'none'}. The disagreement is "
         "reported as is, not averaged into a middle view."
     )
     recommendation = (
@@ -200,7 +188,7 @@ def offline_judge(request: tm.ModelRequest) -> dict[str, Any]:
     return {
         "summary": summary,
         "agreements": agreements,
-        "conflicts": conflicts,
+        "conflict_notes": {field: _note(field, bull, bear) for field in fields},
         "recommendation": recommendation,
     }
 
@@ -241,7 +229,14 @@ judge = tm.Agent(
     ),
 )
 
-flow = tm.parallel(bull=bull, bear=bear, merge=judge, name="debate")  # contracts are checked here
+flow = tm.parallel(  # contracts are checked here
+    bull=bull,
+    bear=bear,
+    merge=judge,
+    name="debate",
+    # two confidences within 0.05 of each other are not a disagreement
+    compare={"confidence": tm.Compare(tolerance=0.05)},
+)
 
 example_input = Task(ticker="ACME")
 

@@ -51,7 +51,7 @@ from .errors import (
 from .journal import Journal, MemoryJournal, SQLiteJournal, verify_run
 from .models.base import Message, Model, ModelRequest, ModelResponse, ToolCall, Usage
 from .models.offline import SchemaModel, ScriptedModel
-from .patterns import detect_conflicts, loop, orchestrate, parallel, sequential
+from .patterns import Compare, detect_conflicts, loop, orchestrate, parallel, sequential
 from .runtime import (
     Budget,
     FieldChange,
@@ -79,6 +79,7 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "Claim",
+    "Compare",
     "ConfigurationError",
     "Conflict",
     "ConflictsDropped",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from typing import Literal
 
 import pytest
@@ -41,37 +40,83 @@ def verdict_model(position: str, price: float) -> tm.ScriptedModel:
     )
 
 
+def conflict_fields(request: ModelRequest) -> list[str]:
+    """The conflicting fields, from the merge's output schema (structured, not prose)."""
+    assert request.output_schema is not None
+    notes = request.output_schema["properties"].get("conflict_notes", {})
+    return list(notes.get("required", []))
+
+
 def honest_judge(request: ModelRequest) -> dict[str, object]:
-    fields = re.findall(r"^- ([\w.]+): ", request.messages[0].content, re.M)
-    return {
-        "summary": "split",
-        "conflicts": [{"field": f, "values": {}, "note": "open"} for f in fields],
-    }
+    fields = conflict_fields(request)
+    return {"summary": "split", "conflict_notes": {f: f"open on {f}" for f in fields}}
 
 
-def debate(judge: tm.Model) -> tm.Step[Task, tm.SynthesizedReport]:
+def debate(judge: tm.Model, **options: object) -> tm.Step[Task, tm.SynthesizedReport]:
     bull = tm.Agent("bull", input=Task, output=Verdict, model=verdict_model("bull", 120))
     bear = tm.Agent("bear", input=Task, output=Verdict, model=verdict_model("bear", 80))
     merge = tm.Agent("judge", input=Debate, output=tm.SynthesizedReport, model=judge)
-    return tm.parallel(bull=bull, bear=bear, merge=merge)
+    return tm.parallel(bull=bull, bear=bear, merge=merge, **options)  # type: ignore[arg-type]
 
 
-def test_conflicts_are_detected_and_carried() -> None:
+def test_conflicts_are_detected_and_stamped_with_the_models_notes() -> None:
     result = tm.run(debate(tm.ScriptedModel(honest_judge)), {"ticker": "ACME"})
-    assert [c.field for c in result.output.conflicts] == ["position", "target_price"]
+    conflicts = result.output.conflicts
+    assert [c.field for c in conflicts] == ["position", "target_price"]
+    assert [c.values for c in conflicts] == [
+        {"bull": "bull", "bear": "bear"},
+        {"bull": 120.0, "bear": 80.0},
+    ]
+    assert [c.note for c in conflicts] == ["open on position", "open on target_price"]
     detected = next(e for e in result.trace.events if e["event"] == "conflicts.detected")
     assert detected["conflicts"][0]["values"] == {"bull": "bull", "bear": "bear"}
     # the agreed fields (risks, sector) are not conflicts
     assert {"risks", "sector"}.isdisjoint(c["field"] for c in detected["conflicts"])
 
 
-def test_merge_that_drops_a_conflict_is_reasked_then_fails() -> None:
-    lazy = tm.ScriptedModel(lambda r: {"summary": "bull wins", "conflicts": []})
+def test_merge_model_is_asked_for_notes_only() -> None:
+    judge = tm.ScriptedModel(honest_judge)
+    tm.run(debate(judge), {"ticker": "ACME"})
+    schema = judge.calls[0].output_schema
+    assert schema is not None
+    assert "conflicts" not in schema["properties"]
+    assert "Conflict" not in schema.get("$defs", {})
+    notes = schema["properties"]["conflict_notes"]
+    assert notes["required"] == ["position", "target_price"]
+    assert set(notes["properties"]) == {"position", "target_price"}
+    assert notes["additionalProperties"] is False
+    assert "conflict_notes" in schema["required"]
+    # the branches' values are not repeated in the prompt: the model never re-types them
+    assert "120" not in judge.calls[0].system
+
+
+def test_a_merge_cannot_carry_altered_dropped_or_invented_conflicts() -> None:
+    def sloppy_judge(request: ModelRequest) -> dict[str, object]:
+        return {
+            "summary": "split",
+            "conflict_notes": {"position": "opposed", "target_price": "far apart"},
+            "conflicts": [
+                {"field": "target_price", "values": {}, "note": "mangled"},
+                {"field": "sector", "values": {"bull": "made up"}, "note": "invented"},
+            ],
+        }
+
+    report = tm.run(debate(tm.ScriptedModel(sloppy_judge)), {"ticker": "ACME"}).output
+    assert [(c.field, c.values, c.note) for c in report.conflicts] == [
+        ("position", {"bull": "bull", "bear": "bear"}, "opposed"),
+        ("target_price", {"bull": 120.0, "bear": 80.0}, "far apart"),
+    ]
+
+
+def test_merge_that_leaves_a_note_out_is_reasked_then_fails() -> None:
+    lazy = tm.ScriptedModel(lambda r: {"summary": "bull wins", "conflict_notes": {}})
     with pytest.raises(tm.ConflictsDropped) as info:
         tm.run(debate(lazy), {"ticker": "ACME"})
     assert len(lazy.calls) == 3  # output_retries=2 -> three tries
-    assert any("position" in p for p in info.value.problems)
-    assert "missing from 'conflicts'" in lazy.calls[1].messages[-1].content
+    assert any("'position'" in p for p in info.value.problems)
+    assert "no note on the conflict over 'position'" in lazy.calls[1].messages[-1].content
+    # the output that failed still carries every conflict, values verbatim
+    assert [c.field for c in info.value.output.conflicts] == ["position", "target_price"]
     # partial results survive: both branch outputs are in the trace
     partial = info.value.partial
     assert partial.find("parallel/bull").output.position == "bull"
@@ -79,10 +124,116 @@ def test_merge_that_drops_a_conflict_is_reasked_then_fails() -> None:
 
 
 def test_merge_that_recovers_after_feedback_passes() -> None:
-    answers = [{"summary": "average: hold", "conflicts": []}]
+    answers: list[dict[str, object]] = [{"summary": "average: hold"}]
     judge = tm.ScriptedModel(lambda r: answers.pop() if answers else honest_judge(r))
     result = tm.run(debate(judge), {"ticker": "ACME"})
-    assert len(result.output.conflicts) == 2
+    assert len(judge.calls) == 2
+    assert all(c.note for c in result.output.conflicts) and len(result.output.conflicts) == 2
+
+
+def test_notes_written_in_a_conflicts_list_are_taken() -> None:
+    def old_style(request: ModelRequest) -> dict[str, object]:
+        notes = [{"field": f, "values": {}, "note": "n"} for f in conflict_fields(request)]
+        return {"summary": "s", "conflicts": notes}
+
+    report = tm.run(debate(tm.ScriptedModel(old_style)), {"ticker": "ACME"}).output
+    assert [c.note for c in report.conflicts] == ["n", "n"]
+    assert report.conflicts[1].values == {"bull": 120.0, "bear": 80.0}
+
+
+def test_when_branches_agree_no_conflict_can_be_invented() -> None:
+    judge = tm.ScriptedModel(
+        lambda r: {"summary": "agree", "conflicts": [{"field": "x", "values": {"a": 1}}]}
+    )
+    bull = tm.Agent("bull", input=Task, output=Verdict, model=verdict_model("bull", 1))
+    twin = tm.Agent("bear", input=Task, output=Verdict, model=verdict_model("bull", 1))
+    merge = tm.Agent("judge", input=Debate, output=tm.SynthesizedReport, model=judge)
+    result = tm.run(tm.parallel(bull=bull, bear=twin, merge=merge), {"ticker": "A"})
+    assert result.output.conflicts == []
+    schema = judge.calls[0].output_schema
+    assert schema is not None
+    assert not {"conflicts", "conflict_notes"} & set(schema["properties"])
+
+
+def test_schema_model_merge_passes() -> None:
+    result = tm.run(debate(tm.SchemaModel(seed=3)), {"ticker": "ACME"})
+    assert [c.field for c in result.output.conflicts] == ["position", "target_price"]
+    assert all(c.note for c in result.output.conflicts)
+
+
+def test_plain_code_merge_gets_the_conflicts_stamped() -> None:
+    @tm.step
+    def terse(d: Debate) -> tm.SynthesizedReport:
+        return tm.SynthesizedReport(
+            summary="s",
+            conflicts=[tm.Conflict(field="target_price", values={}, note="40 apart")],
+        )
+
+    bull = tm.Agent("bull", input=Task, output=Verdict, model=verdict_model("bull", 120))
+    bear = tm.Agent("bear", input=Task, output=Verdict, model=verdict_model("bear", 80))
+    result = tm.run(tm.parallel(bull=bull, bear=bear, merge=terse), {"ticker": "A"})
+    assert [(c.field, c.values, c.note) for c in result.output.conflicts] == [
+        ("position", {"bull": "bull", "bear": "bear"}, ""),
+        ("target_price", {"bull": 120.0, "bear": 80.0}, "40 apart"),
+    ]
+    assert result.trace.find("parallel/terse").output.conflicts == result.output.conflicts
+
+
+def test_compare_options_per_field() -> None:
+    def verdicts(risks: list[str], price: float) -> tm.ScriptedModel:
+        return tm.ScriptedModel(
+            lambda r: Verdict(position="bull", target_price=price, risks=risks, sector="tech")
+        )
+
+    bull = tm.Agent("bull", input=Task, output=Verdict, model=verdicts(["a", "b"], 100.0))
+    bear = tm.Agent("bear", input=Task, output=Verdict, model=verdicts(["b", "a", "a"], 101.5))
+
+    def flow(**compare: tm.Compare) -> tm.Step[Task, tm.SynthesizedReport]:
+        judge = tm.Agent("judge", input=Debate, output=tm.SynthesizedReport, model=tm.SchemaModel())
+        return tm.parallel(bull=bull, bear=bear, merge=judge, compare=compare)
+
+    exact = tm.run(flow(), {"ticker": "A"}).output
+    assert [c.field for c in exact.conflicts] == ["target_price", "risks"]
+    lenient = flow(target_price=tm.Compare(tolerance=2), risks=tm.Compare(unordered=True))
+    assert tm.run(lenient, {"ticker": "A"}).output.conflicts == []
+    tight = flow(target_price=tm.Compare(tolerance=1), risks=tm.Compare(ignore=True))
+    assert [c.field for c in tm.run(tight, {"ticker": "A"}).output.conflicts] == ["target_price"]
+    relative = flow(target_price=tm.Compare(relative=0.02), risks=tm.Compare(unordered=True))
+    assert tm.run(relative, {"ticker": "A"}).output.conflicts == []
+
+
+def test_compare_applies_under_a_path_and_as_a_default() -> None:
+    class Band(BaseModel):
+        low: float
+        high: float
+        tags: list[str]
+
+    class Out(BaseModel):
+        band: Band
+        score: float
+
+    a = Out(band=Band(low=1.0, high=5.0, tags=["x", "y"]), score=0.5)
+    b = Out(band=Band(low=1.01, high=9.0, tags=["y", "x"]), score=0.52)
+    fields = [c.field for c in tm.detect_conflicts({"a": a, "b": b})]
+    assert fields == ["band.low", "band.high", "band.tags", "score"]
+    nested = {"band": tm.Compare(tolerance=0.1, unordered=True), "band.high": tm.Compare()}
+    assert [c.field for c in tm.detect_conflicts({"a": a, "b": b}, nested)] == [
+        "band.high",
+        "score",
+    ]
+    everywhere = tm.Compare(tolerance=0.05, unordered=True)
+    assert [c.field for c in tm.detect_conflicts({"a": a, "b": b}, everywhere)] == ["band.high"]
+
+
+def test_compare_is_checked_when_the_flow_is_built() -> None:
+    bull = tm.Agent("bull", input=Task, output=Verdict, model=tm.SchemaModel())
+    merge = tm.Agent("m", input=Debate, output=tm.SynthesizedReport, model=tm.SchemaModel())
+    with pytest.raises(tm.ConfigurationError, match="target"):
+        tm.parallel(bull=bull, bear=bull, merge=merge, compare={"target": tm.Compare()})
+    with pytest.raises(tm.ConfigurationError):
+        tm.parallel(bull=bull, bear=bull, merge=merge, compare={"risks": 0.1})  # type: ignore[dict-item]
+    with pytest.raises(tm.ConfigurationError):
+        tm.Compare(tolerance=-1)
 
 
 def test_branches_overlap_in_time() -> None:

@@ -1,12 +1,13 @@
 """The four orchestration patterns. Each is a Step made of Steps, so they nest."""
 
-from .conflicts import detect_conflicts
+from .conflicts import Compare, detect_conflicts
 from .loop import Loop, loop
 from .orchestrate import Orchestrate, orchestrate
 from .parallel import Parallel, parallel
 from .sequential import Sequential, sequential
 
 __all__ = [
+    "Compare",
     "Loop",
     "Orchestrate",
     "Parallel",

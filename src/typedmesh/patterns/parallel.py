@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import typing
-from typing import Any, get_args
+from typing import Any
 
 from pydantic import BaseModel
 
-from ..contracts import AgentIdentity, Conflict
+from ..contracts import AgentIdentity
+from ..decoding import OUTPUT_VIEW
 from ..errors import ConfigurationError, ConflictsDropped, ContractError
 from ..handoff import Handoff, annotation_problem, handoff_problems
 from ..runtime.context import RunContext
 from ..step import Gate, Step
-from .conflicts import detect_conflicts, missing_conflicts, render_conflicts
+from .conflicts import (
+    Compare,
+    CompareSpec,
+    ConflictView,
+    check_stampable,
+    detect_conflicts,
+)
 
 __all__ = ["Parallel", "parallel"]
 
@@ -24,16 +31,24 @@ class Parallel(Step[Any, Any]):
     """Independent branches run concurrently on the same input, then one merge.
 
     Before the merge runs, the branch outputs are compared on their shared
-    fields; every disagreement becomes a ``Conflict`` the merge is told about
-    and must carry in its ``conflicts`` output (re-asked, then
-    ``ConflictsDropped``). A merge input field named ``conflicts`` is filled
+    fields (``compare`` sets per-field options, see ``Compare``); every
+    disagreement becomes a ``Conflict``. The framework stamps them, each
+    branch's values verbatim, into the merge output's ``conflicts``: a merge
+    cannot drop or alter one. A merge agent writes only its note on each
+    (``conflict_notes``); a missing note is sent back, then
+    ``ConflictsDropped``. A merge input field named ``conflicts`` is filled
     with them too.
     """
 
     kind = "parallel"
 
     def __init__(
-        self, branches: dict[str, Step[Any, Any]], merge: Step[Any, Any], *, name: str = "parallel"
+        self,
+        branches: dict[str, Step[Any, Any]],
+        merge: Step[Any, Any],
+        *,
+        name: str = "parallel",
+        compare: CompareSpec | None = None,
     ) -> None:
         if len(branches) < 2:
             raise ConfigurationError("parallel() needs at least two branches")
@@ -53,6 +68,8 @@ class Parallel(Step[Any, Any]):
                 )
         _check_merge_input(branches, merge)
         _check_merge_output(merge)
+        _check_compare(branches, compare)
+        self.compare = compare
         self.branches = branches
         self.merge = merge
         self.name = name
@@ -69,18 +86,16 @@ class Parallel(Step[Any, Any]):
 
     async def invoke(self, input: BaseModel, ctx: RunContext) -> BaseModel:
         labels = list(self.branches)
-        results = await asyncio.gather(
-            *(
-                ctx.run(self.branches[label], self._inputs[label](input), label=label)
+        results = await ctx.run_all(
+            [
+                functools.partial(
+                    ctx.run, self.branches[label], self._inputs[label](input), label=label
+                )
                 for label in labels
-            ),
-            return_exceptions=True,
+            ]
         )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result  # the other branches' outputs stay in the trace
         outputs = dict(zip(labels, typing.cast(list[BaseModel], results), strict=True))
-        conflicts = detect_conflicts(outputs)
+        conflicts = detect_conflicts(outputs, self.compare)
         if conflicts:
             ctx.record(
                 "conflicts.detected", conflicts=[c.model_dump(mode="json") for c in conflicts]
@@ -91,13 +106,13 @@ class Parallel(Step[Any, Any]):
         if "intent" in self._fills:
             data["intent"] = ctx.intent
         merge_input = self.merge.input_type.model_validate(data)
-        gate = None
-        if conflicts:
-            gate = Gate(
-                check=lambda out: missing_conflicts(conflicts, out),
-                guidance=render_conflicts(conflicts),
-                error=ConflictsDropped,
-            )
+        view = ConflictView(conflicts)
+        gate = Gate(
+            check=view.stamp,
+            guidance=view.guidance(),
+            error=ConflictsDropped,
+            extra={OUTPUT_VIEW: view},
+        )
         return await ctx.run(self.merge, merge_input, gate=gate)
 
 
@@ -127,23 +142,44 @@ def _check_merge_input(branches: dict[str, Step[Any, Any]], merge: Step[Any, Any
 
 
 def _check_merge_output(merge: Step[Any, Any]) -> None:
-    field = merge.output_type.model_fields.get("conflicts")
-    ok = field is not None and any(
-        isinstance(a, type) and issubclass(a, Conflict) for a in get_args(field.annotation)
-    )
-    if not ok:
+    problem = check_stampable(merge.output_type)
+    if problem:
         raise ContractError(
             f"parallel: merge {merge.name!r} must be able to carry conflicts: its output "
             f"{merge.output_type.__name__} needs a 'conflicts: list[Conflict]' field "
             "(or use SynthesizedReport)",
             source="merge",
             target=merge.name,
-            problems=["missing field 'conflicts' (list[Conflict])"],
+            problems=[problem],
         )
 
 
+def _check_compare(branches: dict[str, Step[Any, Any]], compare: CompareSpec | None) -> None:
+    if compare is None or isinstance(compare, Compare):
+        return
+    known = {f for b in branches.values() for f in b.output_type.model_fields}
+    unknown = sorted(p for p in compare if p.split(".")[0] not in known)
+    if unknown:
+        raise ConfigurationError(
+            f"parallel: compare names fields no branch returns: {unknown}; "
+            f"branch output fields are {sorted(known)}"
+        )
+    for path, rule in compare.items():
+        if not isinstance(rule, Compare):
+            raise ConfigurationError(f"parallel: compare[{path!r}] must be a Compare(...)")
+
+
 def parallel(
-    *, merge: Step[Any, Any], name: str = "parallel", **branches: Step[Any, Any]
+    *,
+    merge: Step[Any, Any],
+    name: str = "parallel",
+    compare: CompareSpec | None = None,
+    **branches: Step[Any, Any],
 ) -> Step[Any, Any]:
-    """Run ``branches`` concurrently on one input and merge them, conflicts surfaced."""
-    return Parallel(branches, merge, name=name)
+    """Run ``branches`` concurrently on one input and merge them, conflicts stamped.
+
+    ``compare`` sets how fields are compared: ``tm.Compare(tolerance=0.05)``
+    for every field, or ``{"confidence": tm.Compare(tolerance=0.05), "risks":
+    tm.Compare(unordered=True)}`` per dotted field path.
+    """
+    return Parallel(branches, merge, name=name, compare=compare)
