@@ -2,7 +2,9 @@
 
 ``tm.loop(writer, reviewer, max_rounds=3)`` is the planner-generator-evaluator
 pattern: the reviewer returns a ``tm.Evaluation``; from round two on the
-writer is shown its previous draft and the feedback. There is no unbounded
+writer is shown its previous draft and the feedback (in its prompt, and in
+the ``previous_draft`` and ``feedback`` fields of its input, which the loop
+fills because ``Spec`` declares them). There is no unbounded
 loop: ``max_rounds`` is required, and the result says whether a draft passed
 or the cap was hit.
 
@@ -29,16 +31,20 @@ from typedmesh.models import model_from_env
 # -- contracts ------------------------------------------------------------------------
 
 
-class Spec(BaseModel):
-    function_name: str
-    description: str
-    edge_cases: list[str] = Field(default_factory=list)
-
-
 class Draft(BaseModel):
     function_name: str
     code: str
     notes: str
+
+
+class Spec(BaseModel):
+    """What to write; from round two the loop fills the last draft and its review."""
+
+    function_name: str
+    description: str
+    edge_cases: list[str] = Field(default_factory=list)
+    previous_draft: Draft | None = None
+    feedback: str | None = None
 
 
 class Review(BaseModel):
@@ -51,18 +57,10 @@ class Review(BaseModel):
 # -- models: offline by default, live when TYPEDMESH_MODEL is set --------------------
 
 
-def reviewer_feedback(system_prompt: str) -> str:
-    """The evaluator feedback the loop puts in the writer's prompt ('' in round one)."""
-    found = re.search(
-        r"The evaluator's feedback \(score [\d.]+\):\n(.*?)\nRevise the draft", system_prompt, re.S
-    )
-    return found.group(1) if found else ""
-
-
 def offline_writer(request: tm.ModelRequest) -> dict[str, Any]:
     spec = request.input_data()
     name = spec["function_name"]
-    feedback = reviewer_feedback(request.system).lower()
+    feedback = (spec.get("feedback") or "").lower()  # filled by the loop from round two
     lines = [
         "from collections.abc import Sequence",
         "from typing import TypeVar",

@@ -156,17 +156,9 @@ async def search_corpus(query: str, max_results: int = 3) -> list[Source]:
 # -- models: offline by default, live when TYPEDMESH_MODEL is set --------------------
 
 
-def catalog_workers(system_prompt: str) -> list[str]:
-    """Worker names from the orchestrator's catalog ("Workers:" then "- NAME: ...")."""
-    _, _, catalog = system_prompt.partition("\nWorkers:\n")
-    return re.findall(r"^- ([\w.-]+):", catalog, re.M)
-
-
 def offline_planner(request: tm.ModelRequest) -> dict[str, Any]:
     task = request.input_data()
-    workers = catalog_workers(request.system)
-    search = next(w for w in workers if "search" in w)
-    summarize = next(w for w in workers if "summar" in w)
+    search, summarize = searcher.name, summarizer.name  # this flow's workers (defined below)
     topic = task["topic"]
     return {
         "goal": task["question"],

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 import typedmesh as tm
+from typedmesh.models.base import Message, ModelRequest, ModelResponse
+from typedmesh.models.offline import SloppyModel
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NAMES = ["bull_bear", "support_pipeline", "code_review_loop", "research_plan"]
@@ -64,18 +66,34 @@ def test_bull_bear_carries_every_detected_conflict(load: Loader) -> None:
     nodes = nodes_by_name(result)
     outputs = {side: nodes[side].output for side in ("bull", "bear")}
     assert all(o is not None for o in outputs.values())
-    detected = tm.detect_conflicts({k: v for k, v in outputs.items() if v is not None})
+    detected = tm.detect_conflicts(
+        {k: v for k, v in outputs.items() if v is not None}, ex.flow.compare
+    )
     report: tm.SynthesizedReport = result.output
     carried = {c.field: c for c in report.conflicts}
 
     assert {c.field for c in detected} >= {"position", "claims", "risks"}
+    assert [c.field for c in report.conflicts] == [c.field for c in detected]
     for conflict in detected:
-        assert conflict.field in carried, f"{conflict.field} was dropped"
         assert carried[conflict.field].values == conflict.values
         assert carried[conflict.field].note
     assert report.agreements and report.summary
     assert nodes["synthesizer"].status == "ok"
     assert not [e for e in nodes["synthesizer"].events if e["event"] == "output.gate_failed"]
+
+
+def test_bull_bear_judge_writes_notes_not_conflicts(load: Loader) -> None:
+    ex = load("bull_bear")
+    result = run_example(ex)
+    model = ex.judge.model
+    assert isinstance(model, tm.ScriptedModel) and len(model.calls) == 1
+    schema = model.calls[0].output_schema
+    fields = [c.field for c in result.output.conflicts]
+    assert "conflicts" not in schema["properties"]
+    assert schema["properties"]["conflict_notes"]["required"] == fields
+    # the long claim lists are in the input once, never asked back
+    claim = result.output.conflicts[fields.index("claims")].values["bull"][0]["statement"]
+    assert claim not in model.calls[0].system
 
 
 def test_bull_bear_sides_differ_and_claims_carry_provenance(load: Loader) -> None:
@@ -239,6 +257,96 @@ def test_research_plan_planner_is_dearer_per_token(load: Loader) -> None:
 
 
 # -- every example --------------------------------------------------------------------
+
+
+class NoProse:
+    """Hands the wrapped model each request with the system prompt blanked.
+
+    A model that answers the same proves it reads only structured fields (the
+    input, tool results, the output schema), never the framework's prose.
+    """
+
+    def __init__(self, inner: tm.Model) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.provider = inner.provider
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        messages = [
+            Message(role="system", content="") if m.role == "system" else m
+            for m in request.messages
+        ]
+        return await self.inner.generate(request.model_copy(update={"messages": messages}))
+
+
+def rewire(module: ModuleType, wrap: Callable[[tm.Model], tm.Model]) -> None:
+    for step in module.flow.walk():
+        if isinstance(step, tm.Agent):
+            step._model = wrap(step.model)
+
+
+def events_of(result: tm.RunResult[Any], kind: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(n.name, e) for n in result.trace.walk() for e in n.events if e["event"] == kind]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_example_runs_the_same_on_a_sloppy_model(load: Loader, name: str) -> None:
+    """Fences, a sentence before the JSON, raw newlines in strings: repaired, never re-asked."""
+    clean = run_example(load(name), run_id="r")
+    sloppy_module = load(name)
+    rewire(sloppy_module, lambda m: SloppyModel(m, seed=7))
+    sloppy = run_example(sloppy_module, run_id="r")
+    assert sloppy.output.model_dump() == clean.output.model_dump()
+    assert sloppy.usage.model_calls == clean.usage.model_calls
+    assert events_of(sloppy, "output.invalid") == []
+    assert events_of(sloppy, "output.gate_failed") == []
+    repaired = events_of(sloppy, "output.repaired")
+    answered = {n.name for n in sloppy.trace.walk() if n.kind == "agent" and n.status == "ok"}
+    assert {node for node, _ in repaired} == answered
+    assert all("code fence" in e["repairs"] for _, e in repaired)
+
+
+class Recording:
+    """Passes requests through and keeps every answer's text as the model sent it."""
+
+    def __init__(self, inner: tm.Model) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.provider = inner.provider
+        self.texts: list[str] = []
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        response = await self.inner.generate(request)
+        self.texts.append(response.content or "")
+        return response
+
+
+def test_the_writers_code_arrives_with_raw_newlines_and_is_kept(load: Loader) -> None:
+    ex = load("code_review_loop")
+    recorder = Recording(SloppyModel(ex.writer.model, seed=1))
+    ex.writer._model = recorder
+    result = run_example(ex)
+    assert len(recorder.texts) == 2
+    for text in recorder.texts:
+        assert "```json" in text and "import Sequence\nfrom typing import TypeVar" in text
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(text)
+    code = result.output.output.code
+    assert code.startswith("from collections.abc import Sequence\nfrom typing")
+    assert ex.review_problems(ex.example_input.model_dump(), code) == []
+    writer = [e["repairs"] for n, e in events_of(result, "output.repaired") if "writer" in n]
+    assert len(writer) == 2 and all("raw control characters in strings" in r for r in writer)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_offline_model_reads_the_frameworks_prose(load: Loader, name: str) -> None:
+    """Merge notes, loop feedback, the worker catalog: each reaches the models as data."""
+    clean = run_example(load(name), run_id="r")
+    blind = load(name)
+    rewire(blind, NoProse)
+    result = run_example(blind, run_id="r")
+    assert result.output.model_dump() == clean.output.model_dump()
+    assert result.usage.model_calls == clean.usage.model_calls
 
 
 @pytest.mark.parametrize("name", NAMES)
