@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field, Json, create_model
 
+from typedmesh.decoding import CODE_FENCE, CONTROL_CHARACTERS, decode_json
 from typedmesh.errors import ConfigurationError, ModelError, ScriptExhausted
 from typedmesh.models.base import (
     Message,
@@ -29,6 +30,7 @@ from typedmesh.models.base import (
 from typedmesh.models.offline import (
     SchemaModel,
     ScriptedModel,
+    SloppyModel,
     count_tokens,
     request_tokens,
     response_tokens,
@@ -587,3 +589,76 @@ def test_request_helpers_for_offline_functions(monkeypatch: pytest.MonkeyPatch) 
     assert model_from_env(offline) is offline
     monkeypatch.setenv("TYPEDMESH_MODEL", "openai:gpt-4o-mini")
     assert model_from_env(offline) == "openai:gpt-4o-mini"
+
+
+# -- SloppyModel --------------------------------------------------------------
+
+SLOPPY_VALUE = {"code": "def f():\n\treturn 1\n", "notes": 'a "quoted" \\n word', "n": [1, 2]}
+
+
+def test_sloppy_model_wraps_json_in_prose_fences_and_raw_newlines() -> None:
+    inner = ScriptedModel(lambda r: SLOPPY_VALUE, name="gpt-4o-mini")
+    sloppy = SloppyModel(inner, seed=3)
+    assert (sloppy.name, sloppy.provider) == ("gpt-4o-mini", "offline")
+    response = _run(sloppy, _request())
+    text = response.content or ""
+    assert "```json" in text and not text.startswith(("{", "`"))
+    assert "def f():\n\treturn 1\n" in text  # raw newline and tab inside the string
+    assert '\\"quoted\\"' in text and "\\\\n word" in text  # other escapes stay escaped
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    decoded = decode_json(text)
+    assert decoded.value == SLOPPY_VALUE
+    assert {CODE_FENCE, CONTROL_CHARACTERS} <= set(decoded.repairs)
+    assert response.usage.output_tokens == count_tokens(text)
+    assert response.model == "gpt-4o-mini"
+
+
+def test_sloppy_model_is_deterministic_in_seed_and_request() -> None:
+    inner = ScriptedModel(lambda r: SLOPPY_VALUE)
+
+    def text(seed: int, message: str = "hello") -> str:
+        return _run(SloppyModel(inner, seed=seed), _request(message)).content or ""
+
+    assert text(1) == text(1)
+    assert len({text(s) for s in range(12)}) > 1
+    assert len({text(0, f"m{i}") for i in range(12)}) > 1
+
+
+def test_sloppy_model_rate_zero_changes_nothing() -> None:
+    inner = ScriptedModel(lambda r: SLOPPY_VALUE)
+    text = _run(SloppyModel(inner, rate=0), _request()).content or ""
+    assert json.loads(text) == SLOPPY_VALUE
+    assert decode_json(text).repairs == ()
+
+
+def test_sloppy_model_passes_tool_calls_and_plain_text_through() -> None:
+    tool = {"tool_calls": [{"name": "search", "arguments": {"q": "x"}}]}
+    inner = ScriptedModel([tool, "just words", "[1, 2]"])
+    sloppy = SloppyModel(inner)
+    calls = _run(sloppy, _request())
+    assert calls.tool_calls[0].name == "search" and calls.content is None
+    assert _run(sloppy, _request()).content == "just words"
+    assert _run(sloppy, _request()).content == "[1, 2]"
+    with pytest.raises(ConfigurationError):
+        SloppyModel(inner, rate=1.5)
+
+
+def test_sloppy_schema_model_drives_an_agent_to_the_same_output() -> None:
+    import typedmesh as tm
+
+    class In(BaseModel):
+        text: str
+
+    class Out(BaseModel):
+        lines: list[str]
+        body: str
+        score: float = Field(ge=0, le=1)
+
+    def agent(model: Model) -> tm.Agent[In, Out]:
+        return tm.Agent("a", input=In, output=Out, model=model, output_retries=0)
+
+    for seed in range(5):
+        clean = tm.run(agent(SchemaModel(seed)), {"text": "x"}).output
+        sloppy = tm.run(agent(SloppyModel(SchemaModel(seed), seed=seed)), {"text": "x"}).output
+        assert sloppy == clean
