@@ -86,8 +86,10 @@ class Claim(BaseModel):
 class Conflict(BaseModel):
     """A field on which parallel branches disagree.
 
-    ``field`` is the dotted path of the field, ``values`` maps each branch to
-    what it said, and ``note`` is the merge step's account of the disagreement.
+    ``field`` is the dotted path of the field and ``values`` maps each branch
+    to what it said: both are the framework's findings, stamped into a merge
+    output verbatim, never re-typed by a model. ``note`` is the merge step's
+    account of the disagreement (a merge agent writes it in ``conflict_notes``).
     """
 
     model_config = ConfigDict(defer_build=True)
@@ -98,7 +100,12 @@ class Conflict(BaseModel):
 
 
 class SynthesizedReport(BaseModel):
-    """A merge result that keeps disagreements visible instead of averaging them."""
+    """A merge result that keeps disagreements visible instead of averaging them.
+
+    As a ``parallel`` merge output, ``conflicts`` is exactly what the framework
+    detected (stamped, like provenance); the merge writes the rest and a note
+    on each conflict.
+    """
 
     model_config = ConfigDict(defer_build=True)
 
