@@ -4,13 +4,22 @@ Provider tests drive the real SDKs over real HTTP against it, so a request
 the SDK would reject, or a response it would misparse, fails here and not in
 production. The server records every request body and answers from a queue of
 canned responses (including error statuses) that the test sets.
+
+Like the real APIs it speaks HTTP/1.1 and keeps connections alive (every
+response has a Content-Length; a connection serves requests until the client
+closes it). A server that closed each connection would hide every bug of a
+client reused across event loops, which only shows on a pooled connection.
+It counts connections and which connection served each request, so tests can
+assert reuse within a run and recovery across runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,18 +33,22 @@ ANTHROPIC_PATH = "/v1/messages"
 
 @dataclass
 class Recorded:
-    """One request as the server saw it."""
+    """One request as the server saw it; ``connection`` numbers its TCP connection (from 1)."""
 
     path: str
     headers: dict[str, str]
     body: Any
+    connection: int = 0
 
 
 @dataclass
 class Canned:
+    """One scripted answer; ``delay`` seconds pass before it is sent (to provoke timeouts)."""
+
     status: int
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
 
 
 class FakeProviderServer:
@@ -43,6 +56,9 @@ class FakeProviderServer:
 
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
+        self.connections = 0
+        """TCP connections accepted so far."""
+        self._open: dict[int, socket.socket] = {}
         self._queue: deque[Canned] = deque()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -68,10 +84,56 @@ class FakeProviderServer:
     def bodies(self) -> list[Any]:
         return [r.body for r in self.requests]
 
-    def queue(self, body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> None:
-        """Answer the next request with ``body`` (JSON) and ``status``."""
+    @property
+    def open_connections(self) -> int:
+        """Connections the client has not closed yet."""
         with self._lock:
-            self._queue.append(Canned(status, body, dict(headers or {})))
+            return len(self._open)
+
+    def wait_closed(self, timeout: float = 5.0) -> bool:
+        """Wait until the client closed every connection; whether it did in time."""
+        deadline = time.monotonic() + timeout
+        while self.open_connections:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def queue(
+        self,
+        body: Any,
+        *,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Answer the next request with ``body`` (JSON) and ``status``, after ``delay`` s."""
+        with self._lock:
+            self._queue.append(Canned(status, body, dict(headers or {}), delay))
+
+    def queue_error(
+        self,
+        status: int,
+        error_type: str,
+        *,
+        provider: str,
+        message: str = "scripted failure",
+        retry_after: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer the next request with an error in ``provider``'s wire format.
+
+        ``retry_after`` becomes a ``Retry-After`` header (seconds or an HTTP date).
+        """
+        body = (
+            openai_error(message, type=error_type)
+            if provider == "openai"
+            else anthropic_error(message, type=error_type)
+        )
+        extra = dict(headers or {})
+        if retry_after is not None:
+            extra["Retry-After"] = retry_after
+        self.queue(body, status=status, headers=extra)
 
     def _next(self, recorded: Recorded) -> Canned:
         with self._lock:
@@ -82,10 +144,34 @@ class FakeProviderServer:
                 return Canned(501, {"error": {"message": "fake server: nothing queued"}})
             return self._queue.popleft()
 
+    def _opened(self, sock: socket.socket) -> int:
+        with self._lock:
+            self.connections += 1
+            self._open[self.connections] = sock
+            return self.connections
+
+    def _closed(self, number: int) -> None:
+        with self._lock:
+            self._open.pop(number, None)
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
+            timeout = 30  # an idle connection ends eventually even if nobody closes it
+            number = 0
+
+            def setup(self) -> None:
+                super().setup()
+                self.number = server._opened(self.connection)
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    server._closed(self.number)
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
@@ -94,15 +180,20 @@ class FakeProviderServer:
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                canned = server._next(Recorded(self.path, headers, body))
+                canned = server._next(Recorded(self.path, headers, body, self.number))
+                if canned.delay:
+                    time.sleep(canned.delay)
                 payload = json.dumps(canned.body).encode()
-                self.send_response(canned.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                for name, value in canned.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(canned.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for name, value in canned.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:  # the client gave up (a timeout) and closed the connection
+                    self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean
@@ -115,6 +206,11 @@ class FakeProviderServer:
 
     def close(self) -> None:
         self._httpd.shutdown()
+        with self._lock:  # end kept-alive connections: their threads block reading
+            still_open = list(self._open.values())
+        for sock in still_open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
