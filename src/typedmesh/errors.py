@@ -208,11 +208,54 @@ class PlanRejected(GateError):
 
 
 class ModelError(RunError):
-    """A model provider failed."""
+    """A model provider failed.
+
+    Fields, when the provider said so: ``status`` (the HTTP status, None when no
+    response arrived), ``error_type`` (the provider's error type, e.g.
+    ``invalid_request_error``; ``timeout`` or ``connection_error`` when no
+    response arrived) and ``provider`` (``openai``, ``anthropic``). ``usage``
+    holds what a response that arrived but could not be used (a refusal, no
+    choices) was billed, as a ``models.Usage``, so the run can still count it.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: int | None = None,
+        error_type: str | None = None,
+        provider: str | None = None,
+        usage: Any = None,
+    ) -> None:
+        self.status = status
+        self.error_type = error_type
+        self.provider = provider
+        self.usage = usage
+        super().__init__(message)
 
 
 class TransientModelError(ModelError):
-    """A model failure that is worth retrying: rate limit, server error, timeout."""
+    """A model failure that is worth retrying: rate limit, server error, timeout.
+
+    ``retry_after`` is the wait in seconds the provider asked for (its
+    ``Retry-After`` or ``retry-after-ms`` header), None when it did not ask;
+    ``RetryPolicy.delay`` honours it up to ``max_retry_after``.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: int | None = None,
+        error_type: str | None = None,
+        provider: str | None = None,
+        usage: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            message, status=status, error_type=error_type, provider=provider, usage=usage
+        )
 
 
 class ScriptExhausted(RunError):

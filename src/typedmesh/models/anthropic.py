@@ -11,7 +11,12 @@ constraints, which it moves into descriptions; typedmesh still validates the
 output against the full contract. Schemas it cannot express (a field typed
 ``Any``) raise ConfigurationError.
 
-SDK retries are off (``max_retries=0``): typedmesh's RetryPolicy owns retrying.
+SDK retries are off (``max_retries=0``): typedmesh's RetryPolicy owns retrying,
+and every attempt is journaled and counted by the run context. Errors carry the
+status, the provider's error type (``overloaded_error``, ...) and any
+``Retry-After`` as fields. The model keeps settings, not a client: each event
+loop gets its own client (see ``models/_sdk.py``), so it survives many
+``tm.run`` calls and pickling.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ import json
 import os
 from typing import Any
 
-from ..errors import ConfigurationError, MissingExtraError, ModelError, TransientModelError
+from ..errors import ConfigurationError, MissingExtraError, ModelError
 from . import check_network_allowed
-from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback
+from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error
 from .base import Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 __all__ = ["AnthropicModel"]
@@ -35,9 +40,15 @@ DEFAULT_MAX_TOKENS = 4096
 class AnthropicModel(SDKModel):
     """A Model served through ``AsyncAnthropic().messages.create``.
 
-    ``client`` injects a ready ``AsyncAnthropic`` (its own settings win over
-    ``base_url`` / ``api_key`` / ``timeout``); otherwise one is built with
-    ``max_retries=0``. Call ``aclose()`` to release the connection pool.
+    ``base_url`` / ``api_key`` default to ``ANTHROPIC_BASE_URL`` /
+    ``ANTHROPIC_API_KEY`` (or the SDK's other credentials; read in each
+    process); ``timeout`` (seconds per request) defaults to
+    ``typedmesh.models.default_timeout()``. A client is built for each event
+    loop that calls, with ``max_retries=0``, and closed when the loop ends;
+    ``aclose()`` closes the current loop's client at once. ``client`` injects a
+    ready ``AsyncAnthropic`` instead (its own settings win over ``base_url`` /
+    ``api_key``; an explicit ``timeout`` still applies per request); it is the
+    caller's to close, and such a model cannot be pickled.
     """
 
     provider = "anthropic"
@@ -49,46 +60,48 @@ class AnthropicModel(SDKModel):
         base_url: str | None = None,
         api_key: str | None = None,
         client: Any = None,
-        timeout: float = 60.0,
+        timeout: float | None = None,
     ) -> None:
         try:
-            import anthropic
+            import anthropic  # noqa: F401
         except ImportError:
             raise MissingExtraError("anthropic", "AnthropicModel") from None
-        self.name = name
-        self._sdk: Any = anthropic
-        self._owns_client = client is None
-        if client is None:
-            base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
-            api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
-            if (
-                api_key is None
-                and not os.environ.get("ANTHROPIC_AUTH_TOKEN")
-                and is_loopback(base_url)
-            ):
-                api_key = LOOPBACK_KEY
-            # api_key=None lets the SDK find other credentials (auth token, profiles).
-            try:
-                client = anthropic.AsyncAnthropic(
-                    base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0
-                )
-            except anthropic.AnthropicError as exc:  # e.g. a broken credentials profile
-                raise ConfigurationError(f"AnthropicModel({name!r}): {exc}") from exc
-            if not any(getattr(client, a, None) for a in ("api_key", "auth_token", "credentials")):
-                # the SDK would only fail at the first request, with a bare TypeError
-                raise ConfigurationError(
-                    f"AnthropicModel({name!r}): no credentials; pass api_key= or set "
-                    "ANTHROPIC_API_KEY"
-                )
-        self._client: Any = client
+        super().__init__(name, base_url=base_url, api_key=api_key, client=client, timeout=timeout)
+
+    def _build_client(self) -> Any:
+        import anthropic
+
+        name = self.name
+        base_url = self._base_url_arg or os.environ.get("ANTHROPIC_BASE_URL") or None
+        api_key = self._api_key_arg or os.environ.get("ANTHROPIC_API_KEY") or None
+        if api_key is None and not os.environ.get("ANTHROPIC_AUTH_TOKEN") and is_loopback(base_url):
+            api_key = LOOPBACK_KEY
+        # api_key=None lets the SDK find other credentials (auth token, profiles).
+        try:
+            client = anthropic.AsyncAnthropic(
+                base_url=base_url, api_key=api_key, timeout=self.timeout, max_retries=0
+            )
+        except anthropic.AnthropicError as exc:  # e.g. a broken credentials profile
+            raise ConfigurationError(f"AnthropicModel({name!r}): {exc}") from exc
+        if not any(getattr(client, a, None) for a in ("api_key", "auth_token", "credentials")):
+            # the SDK would only fail at the first request, with a bare TypeError
+            raise ConfigurationError(
+                f"AnthropicModel({name!r}): no credentials; pass api_key= or set ANTHROPIC_API_KEY"
+            )
+        return client
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
-        check_network_allowed(self.base_url)
+        import anthropic
+
+        client = await self._client()
+        check_network_allowed(str(client.base_url))
         params = self._params(request)
         try:
-            message = await self._client.messages.create(**params)
-        except self._sdk.AnthropicError as exc:
-            raise self._map_error(exc) from exc
+            message = await client.messages.create(**params, **self._request_options())
+        except anthropic.AnthropicError as exc:
+            raise map_sdk_error(
+                anthropic, exc, provider=self.provider, model=self.name, usage_of=_usage_of_body
+            ) from exc
         return self._response(message)
 
     # -- request -----------------------------------------------------------
@@ -112,8 +125,10 @@ class AnthropicModel(SDKModel):
                 for tool in request.tools
             ]
         if request.output_schema is not None:
+            import anthropic
+
             try:
-                schema = self._sdk.transform_schema(request.output_schema)
+                schema = anthropic.transform_schema(request.output_schema)
             except ValueError as exc:  # e.g. a field typed Any: no "type" to constrain
                 raise ConfigurationError(
                     f"{self.name}: output schema {request.output_name!r} cannot be "
@@ -129,8 +144,16 @@ class AnthropicModel(SDKModel):
     # -- response ----------------------------------------------------------
 
     def _response(self, message: Any) -> ModelResponse:
+        usage = _usage(message.usage)
         if message.stop_reason == "refusal":
-            raise ModelError(f"{self.name} refused to answer")
+            # billed all the same: the usage goes with the error so the run counts it
+            raise ModelError(
+                f"{self.name} refused to answer",
+                status=200,
+                error_type="refusal",
+                provider=self.provider,
+                usage=usage,
+            )
         texts: list[str] = []
         calls: list[ToolCall] = []
         for block in message.content:
@@ -138,31 +161,33 @@ class AnthropicModel(SDKModel):
                 texts.append(block.text)
             elif block.type == "tool_use":
                 calls.append(_tool_call(block.id, block.name, block.input))
-        usage = message.usage
         return ModelResponse(
             content="".join(texts) if texts else None,
             tool_calls=calls,
-            usage=Usage(
-                input_tokens=usage.input_tokens if usage else 0,
-                output_tokens=usage.output_tokens if usage else 0,
-                model_calls=1,
-            ),
+            usage=usage,
             model=message.model or self.name,
         )
 
-    def _map_error(self, exc: Exception) -> ModelError:
-        sdk = self._sdk
-        transient = (
-            sdk.RateLimitError,
-            sdk.APITimeoutError,
-            sdk.APIConnectionError,
-            sdk.InternalServerError,  # 5xx, including OverloadedError (529) in anthropic 2.x
-        )
-        status = getattr(exc, "status_code", None)
-        # 408 is a server-side timeout; 529 covers SDKs without an OverloadedError class.
-        if isinstance(exc, transient) or status in (408, 529):
-            return TransientModelError(f"{self.name}: {exc}")
-        return ModelError(f"{self.name}: {exc}")
+
+def _usage(usage: Any) -> Usage:
+    return Usage(
+        input_tokens=(getattr(usage, "input_tokens", 0) or 0) if usage else 0,
+        output_tokens=(getattr(usage, "output_tokens", 0) or 0) if usage else 0,
+        model_calls=1,
+    )
+
+
+def _usage_of_body(body: object) -> Usage | None:
+    """The usage in a raw message body the SDK could not read, if any."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    given, produced = usage.get("input_tokens"), usage.get("output_tokens")
+    return Usage(
+        input_tokens=given if isinstance(given, int) else 0,
+        output_tokens=produced if isinstance(produced, int) else 0,
+        model_calls=1,
+    )
 
 
 def _turns(messages: list[Message]) -> list[dict[str, Any]]:

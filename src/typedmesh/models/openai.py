@@ -4,7 +4,10 @@ One class covers api.openai.com and local servers (vLLM, llama.cpp, Ollama)
 reached through ``base_url`` / ``OPENAI_BASE_URL``, so it sticks to the chat
 completions API that they all speak. The SDK's own retries are off: typedmesh's
 RetryPolicy owns retrying, and this module only sorts SDK errors into
-``TransientModelError`` (worth retrying) and ``ModelError`` (not).
+``TransientModelError`` (worth retrying) and ``ModelError`` (not), with the
+status, the provider's error type and any ``Retry-After`` as fields. The
+model keeps settings, not a client: each event loop gets its own client
+(see ``models/_sdk.py``), so it survives many ``tm.run`` calls and pickling.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import os
 import re
 from typing import Any
 
-from ..errors import ConfigurationError, MissingExtraError, ModelError, TransientModelError
+from ..errors import ConfigurationError, MissingExtraError, ModelError
 from . import check_network_allowed
-from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback
+from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error
 from .base import Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 __all__ = ["OpenAIModel"]
@@ -30,9 +33,14 @@ def _schema_name(name: str) -> str:
 class OpenAIModel(SDKModel):
     """A Model served through ``AsyncOpenAI().chat.completions.create``.
 
-    ``client`` injects a ready ``AsyncOpenAI`` (its own settings win over
-    ``base_url`` / ``api_key`` / ``timeout``); otherwise one is built with
-    ``max_retries=0``. Call ``aclose()`` to release the connection pool.
+    ``base_url`` / ``api_key`` default to ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``
+    (read in each process); ``timeout`` (seconds per request) defaults to
+    ``typedmesh.models.default_timeout()``. A client is built for each event
+    loop that calls, with ``max_retries=0``, and closed when the loop ends;
+    ``aclose()`` closes the current loop's client at once. ``client`` injects a
+    ready ``AsyncOpenAI`` instead (its own settings win over ``base_url`` /
+    ``api_key``; an explicit ``timeout`` still applies per request); it is the
+    caller's to close, and such a model cannot be pickled.
     """
 
     provider = "openai"
@@ -44,34 +52,41 @@ class OpenAIModel(SDKModel):
         base_url: str | None = None,
         api_key: str | None = None,
         client: Any = None,
-        timeout: float = 60.0,
+        timeout: float | None = None,
     ) -> None:
         try:
-            import openai
+            import openai  # noqa: F401
         except ImportError:
             raise MissingExtraError("openai", "OpenAIModel") from None
-        self.name = name
-        self._sdk: Any = openai
-        self._owns_client = client is None
-        if client is None:
-            base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-            api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
-            if api_key is None and is_loopback(base_url):
-                api_key = LOOPBACK_KEY
-            try:
-                client = openai.AsyncOpenAI(
-                    base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0
-                )
-            except openai.OpenAIError as exc:  # e.g. no API key for a hosted endpoint
-                raise ConfigurationError(f"OpenAIModel({name!r}): {exc}") from exc
-        self._client: Any = client
+        super().__init__(name, base_url=base_url, api_key=api_key, client=client, timeout=timeout)
+
+    def _build_client(self) -> Any:
+        import openai
+
+        base_url = self._base_url_arg or os.environ.get("OPENAI_BASE_URL") or None
+        api_key = self._api_key_arg or os.environ.get("OPENAI_API_KEY") or None
+        if api_key is None and is_loopback(base_url):
+            api_key = LOOPBACK_KEY
+        try:
+            return openai.AsyncOpenAI(
+                base_url=base_url, api_key=api_key, timeout=self.timeout, max_retries=0
+            )
+        except openai.OpenAIError as exc:  # e.g. no API key for a hosted endpoint
+            raise ConfigurationError(f"OpenAIModel({self.name!r}): {exc}") from exc
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
-        check_network_allowed(self.base_url)
+        import openai
+
+        client = await self._client()
+        check_network_allowed(str(client.base_url))
         try:
-            completion = await self._client.chat.completions.create(**self._params(request))
-        except self._sdk.OpenAIError as exc:
-            raise self._map_error(exc) from exc
+            completion = await client.chat.completions.create(
+                **self._params(request), **self._request_options()
+            )
+        except openai.OpenAIError as exc:
+            raise map_sdk_error(
+                openai, exc, provider=self.provider, model=self.name, usage_of=_usage_of_body
+            ) from exc
         return self._response(completion)
 
     # -- request -----------------------------------------------------------
@@ -114,40 +129,54 @@ class OpenAIModel(SDKModel):
     # -- response ----------------------------------------------------------
 
     def _response(self, completion: Any) -> ModelResponse:
+        usage = _usage(completion.usage)
         if not completion.choices:
-            raise ModelError(f"{self.name}: the response has no choices")
+            raise self._unusable("the response has no choices", usage)
         message = completion.choices[0].message
         if getattr(message, "refusal", None) and not message.content:
-            raise ModelError(f"{self.name} refused: {message.refusal}")
+            raise self._unusable(f"refused: {message.refusal}", usage, error_type="refusal")
         calls = [
             _tool_call(call.id, call.function.name, call.function.arguments)
             for call in message.tool_calls or []
             if getattr(call, "function", None) is not None
         ]
-        usage = completion.usage
         return ModelResponse(
             content=message.content,
             tool_calls=calls,
-            usage=Usage(
-                input_tokens=(usage.prompt_tokens or 0) if usage else 0,
-                output_tokens=(usage.completion_tokens or 0) if usage else 0,
-                model_calls=1,
-            ),
+            usage=usage,
             model=completion.model or self.name,
         )
 
-    def _map_error(self, exc: Exception) -> ModelError:
-        sdk = self._sdk
-        transient = (
-            sdk.RateLimitError,
-            sdk.APITimeoutError,
-            sdk.APIConnectionError,
-            sdk.InternalServerError,
+    def _unusable(self, what: str, usage: Usage, *, error_type: str | None = None) -> ModelError:
+        """An answer that arrived, and was billed, but cannot be used: its usage goes along."""
+        return ModelError(
+            f"{self.name}: {what}",
+            status=200,
+            error_type=error_type,
+            provider=self.provider,
+            usage=usage,
         )
-        status = getattr(exc, "status_code", None)  # 408: a server-side timeout
-        if isinstance(exc, transient) or status == 408:
-            return TransientModelError(f"{self.name}: {exc}")
-        return ModelError(f"{self.name}: {exc}")
+
+
+def _usage(usage: Any) -> Usage:
+    return Usage(
+        input_tokens=(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0,
+        output_tokens=(getattr(usage, "completion_tokens", 0) or 0) if usage else 0,
+        model_calls=1,
+    )
+
+
+def _usage_of_body(body: object) -> Usage | None:
+    """The usage in a raw chat.completion body the SDK could not read, if any."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return Usage(
+        input_tokens=prompt if isinstance(prompt, int) else 0,
+        output_tokens=completion if isinstance(completion, int) else 0,
+        model_calls=1,
+    )
 
 
 def _message(message: Message) -> dict[str, Any]:
