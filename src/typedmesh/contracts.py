@@ -100,12 +100,12 @@ class Conflict(BaseModel):
 
 
 class SynthesizedReport(BaseModel):
-    """A merge result that keeps disagreements visible instead of averaging them.
+    """A merge result that keeps disagreements visible instead of averaging them."""
 
-    As a ``parallel`` merge output, ``conflicts`` is exactly what the framework
-    detected (stamped, like provenance); the merge writes the rest and a note
-    on each conflict.
-    """
+    # The docstring above is the schema description a merge model reads. As a
+    # ``parallel`` merge output, ``conflicts`` is exactly what the framework
+    # detected (stamped, like provenance): the model writes the other fields
+    # and, in ``conflict_notes``, a note on each conflict.
 
     model_config = ConfigDict(defer_build=True)
 
