@@ -108,6 +108,24 @@ def test_a_merge_cannot_carry_altered_dropped_or_invented_conflicts() -> None:
     ]
 
 
+def test_a_merge_reporting_empty_values_gets_the_branches_values() -> None:
+    """Before stamping, ``{"field": "target_price", "values": {}}`` passed the gate."""
+    hollow = tm.ScriptedModel(
+        lambda r: {
+            "summary": "s",
+            "conflicts": [
+                {"field": f, "values": {}, "note": f"on {f}"} for f in ("position", "target_price")
+            ],
+        }
+    )
+    report = tm.run(debate(hollow), {"ticker": "ACME"}).output
+    assert [c.values for c in report.conflicts] == [
+        {"bull": "bull", "bear": "bear"},
+        {"bull": 120.0, "bear": 80.0},
+    ]
+    assert [c.note for c in report.conflicts] == ["on position", "on target_price"]
+
+
 def test_merge_that_leaves_a_note_out_is_reasked_then_fails() -> None:
     lazy = tm.ScriptedModel(lambda r: {"summary": "bull wins", "conflict_notes": {}})
     with pytest.raises(tm.ConflictsDropped) as info:
