@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+import typedmesh as tm
+
 from typedmesh.journal.events import canonical_json, digest
 
 FLOW = textwrap.dedent("""
@@ -92,8 +94,10 @@ def test_run_journals_by_default_and_says_where(workdir: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "run id: r1" in done.stdout and "journal: .typedmesh/runs.db" in done.stdout
     assert (workdir / ".typedmesh" / "runs.db").exists()
-    targets = json.loads((workdir / ".typedmesh" / "runs.db.targets.json").read_text())
-    assert targets["r1"]["target"] == f"{workdir / 'qa_flow.py'}:flow"
+    with tm.SQLiteJournal(workdir / ".typedmesh" / "runs.db") as store:
+        started = store.read("r1")[0]  # the target is in the hash-chained journal itself
+    assert started.payload["target"] == f"{workdir / 'qa_flow.py'}:flow"
+    assert not (workdir / ".typedmesh" / "runs.db.targets.json").exists()
 
 
 def test_no_journal_writes_nothing(workdir: Path) -> None:
@@ -256,10 +260,13 @@ def test_resume_of_a_finished_run_gives_its_output(workdir: Path) -> None:
 
 
 def test_flow_target_falls_back_to_flow_option(workdir: Path) -> None:
+    flow = workdir / "qa_flow.py"
+    code = flow.read_text()
     run_json(workdir, "qa_flow.py:flow", "--run-id", "r1", "--journal", "x.db")
-    (workdir / "x.db.targets.json").unlink()
+    flow.rename(workdir / "moved.py")  # the recorded target is gone
     done = typedmesh(workdir, "replay", "r1", "--journal", "x.db")
     assert done.returncode == 2 and "--flow" in done.stderr
+    flow.write_text(code)
     done = typedmesh(workdir, "replay", "r1", "--journal", "x.db", "--flow", "qa_flow.py:flow")
     assert done.returncode == 0 and "identical" in done.stdout
     wrong = typedmesh(workdir, "replay", "r1", "--journal", "x.db", "--flow", "qa_flow.py:billed")

@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 import typedmesh as tm
+from typedmesh.testing import crashed_copy
 from typedmesh.journal.events import Event
 
 otel_sdk = pytest.importorskip("opentelemetry.sdk.trace")
@@ -238,7 +239,7 @@ def test_tool_call_becomes_an_execute_tool_span() -> None:
 @tm.tool
 def explode(order_id: str) -> str:
     """A tool that fails."""
-    raise RuntimeError(f"warehouse down for {order_id}")
+    raise tm.ToolError(f"warehouse down for {order_id}", tool="explode")
 
 
 @tm.tool(requires={"orders:refund"}, idempotent=False)
@@ -334,20 +335,6 @@ def test_model_error_sets_error_type_on_the_chat_span() -> None:
     assert attrs(chat)["error.type"] == "ModelError"
     assert attrs(chat)["typedmesh.model.transient"] is False
     assert one(spans, "invoke_agent flaky").status.status_code is StatusCode.ERROR
-
-
-def crashed_copy(journal: tm.MemoryJournal, run_id: str, upto: int) -> tm.MemoryJournal:
-    """The journal a crash right after event ``upto`` would have left behind."""
-    events = journal.read(run_id)[: upto + 1]
-    refs = [
-        value["$blob"]
-        for event in events
-        for value in event.payload.values()
-        if isinstance(value, dict) and "$blob" in value
-    ]
-    copy = tm.MemoryJournal()
-    copy.write(events, {ref: journal.blob(ref) for ref in refs})
-    return copy
 
 
 def test_resumed_run_gives_the_restarted_step_a_second_span() -> None:

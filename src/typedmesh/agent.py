@@ -45,7 +45,8 @@ class Agent(Step[In, Out]):
     ``model`` is a ``Model`` or a string such as ``"openai:gpt-4o-mini"``
     (resolved on first use, so building a flow needs no SDK or key).
     ``scopes`` are the permissions its tool calls may use; ``retry`` covers
-    transient model errors; ``max_tool_rounds`` caps the tool loop.
+    transient model errors; ``max_tool_rounds`` caps the tool loop and
+    ``max_tool_calls`` the tool calls of one step (one response may ask for many).
     """
 
     kind = "agent"
@@ -65,11 +66,14 @@ class Agent(Step[In, Out]):
         output_retries: int = 2,
         retry: RetryPolicy | None = None,
         max_tool_rounds: int = 10,
+        max_tool_calls: int = 50,
         temperature: float | None = None,
         max_tokens: int | None = None,
     ) -> None:
-        if output_retries < 0 or max_tool_rounds < 1:
-            raise ConfigurationError("output_retries must be >= 0 and max_tool_rounds >= 1")
+        if output_retries < 0 or max_tool_rounds < 1 or max_tool_calls < 1:
+            raise ConfigurationError(
+                "output_retries must be >= 0, max_tool_rounds and max_tool_calls >= 1"
+            )
         for label, tp in (("input", input), ("output", output)):
             if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
                 raise ConfigurationError(f"agent {name!r}: {label} must be a pydantic model")
@@ -83,6 +87,7 @@ class Agent(Step[In, Out]):
         self.output_retries = output_retries
         self.retry = retry or RetryPolicy()
         self.max_tool_rounds = max_tool_rounds
+        self.max_tool_calls = max_tool_calls
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.model_spec = model
@@ -145,6 +150,7 @@ class Agent(Step[In, Out]):
         gate_failures = 0
         gate_cap = gate.max_attempts if gate and gate.max_attempts else self.output_retries + 1
         tool_rounds = 0
+        tool_calls = 0
         tools_used: list[str] = []
         while True:
             request = ModelRequest(
@@ -162,6 +168,13 @@ class Agent(Step[In, Out]):
                     raise ToolLoopExceeded(
                         f"agent {self.name!r} asked for tools in more than "
                         f"{self.max_tool_rounds} rounds"
+                    )
+                tool_calls += len(response.tool_calls)
+                if tool_calls > self.max_tool_calls:  # checked before any of them runs
+                    raise ToolLoopExceeded(
+                        f"agent {self.name!r} asked for {tool_calls} tool calls in this step; "
+                        f"its cap is {self.max_tool_calls} (none of the last "
+                        f"{len(response.tool_calls)} ran)"
                     )
                 messages.append(
                     Message(

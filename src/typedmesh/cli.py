@@ -1,17 +1,33 @@
 """The ``typedmesh`` command line: run flows, and read, verify, resume and replay their journals.
 
-Exit codes: 0 success; 1 a run failed, a journal failed verification, or a
-replay diverged; 2 a usage or journal error (unknown run, unreadable
-journal, bad target); 3 a resume stopped on a tool call in doubt.
+Exit codes (docs/errors.md lists each error with an example message):
+
+* 0: success.
+* 1: a run failed (a ``RunError``, ``StepFailed`` included: a user step
+  raised), a journal failed verification, or a replay diverged.
+* 2: a usage, input or journal error: a bad option, a flow target that cannot
+  be loaded (unknown module, ``SyntaxError``, ``ContractError`` on import),
+  an unreadable ``@file``, input or intent that does not validate, an
+  unknown run, a journal that cannot be opened or created.
+* 3: a resume stopped on a tool call in doubt.
+
+A user mistake never prints a traceback: one line ``error: ...`` on stderr
+(details, such as a contract's problems, indented below it), or one JSON
+document on stdout with ``--json``. ``TYPEDMESH_TRACEBACK=1`` prints the
+traceback of an exception a user step raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import json
+import os
+import sqlite3
 import sys
+import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +36,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.json import JSON
 from rich.markup import escape
@@ -39,7 +56,7 @@ from .errors import (
 from .journal import DEFAULT_JOURNAL, Journal, open_journal
 from .models.base import Usage
 from .runtime.budget import Budget
-from .runtime.durable import InDoubtPolicy
+from .runtime.kinds import InDoubtPolicy
 from .runtime.run import arun
 from .runtime.trace import TraceNode
 from .step import Step
@@ -66,73 +83,282 @@ def _root() -> None:
     """typedmesh: typed, journaled multi-agent flows."""
 
 
+class CommandLineError(UserError):
+    """A mistake on the command line or in what it names: exit 2, one line, no traceback.
+
+    ``kind`` is what ``--json`` reports as ``"error"``: ``UsageError``, or the
+    type of the exception that loading a flow raised (``SyntaxError``,
+    ``ContractError``, ...).
+    """
+
+    def __init__(self, message: str, *, kind: str = "UsageError") -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+def _short_path(filename: str) -> str:
+    try:
+        relative = os.path.relpath(filename)
+    except ValueError:  # another drive
+        return filename
+    return filename if relative.startswith(".." + os.sep + "..") else relative
+
+
+def _where(exc: BaseException, near: Path | None = None) -> str:
+    """``file:line`` where ``exc`` was raised (the last frame in ``near``, when given)."""
+    if isinstance(exc, SyntaxError) and exc.filename:  # its message says where already
+        return ""
+    frames: list[traceback.FrameSummary] = list(traceback.extract_tb(exc.__traceback__))
+    if near is not None:
+        frames = [f for f in frames if Path(f.filename) == near] or frames
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f"{_short_path(frame.filename)}:{frame.lineno}"
+
+
+def _load_failed(what: str, exc: BaseException, near: Path | None = None) -> CommandLineError:
+    """A flow file or module that raised while it was imported."""
+    first, _, rest = str(exc).partition("\n")
+    where = _where(exc, near)
+    message = f"cannot load {what}: {type(exc).__name__}: {first}"
+    if where:
+        message += f" (at {where})"
+    failed = CommandLineError(message + ("\n" + rest if rest else ""), kind=type(exc).__name__)
+    for field in ("source", "target", "problems"):  # a ContractError's fields, for --json
+        if hasattr(exc, field):
+            setattr(failed, field, getattr(exc, field))
+    return failed
+
+
+def _import_file(module_part: str) -> Any:
+    path = Path(module_part).resolve()
+    if not path.exists():
+        raise CommandLineError(f"no such file: {module_part}")
+    if not path.is_file():
+        raise CommandLineError(f"{module_part} is a directory, not a Python file")
+    name = f"_typedmesh_target_{path.stem}"
+    module = sys.modules.get(name)
+    if module is not None and getattr(module, "__file__", None) == str(path):
+        return module
+    spec_obj = importlib.util.spec_from_file_location(name, path)
+    if spec_obj is None or spec_obj.loader is None:
+        raise CommandLineError(f"cannot import {module_part}: not a Python file")
+    module = importlib.util.module_from_spec(spec_obj)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec_obj.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise _load_failed(module_part, exc, path) from exc
+    return module
+
+
+def _import_dotted(module_part: str) -> Any:
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(module_part)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_part == missing or module_part.startswith(missing + ".")):
+            raise CommandLineError(
+                f"no module named {module_part!r}: give a dotted module importable from "
+                "this directory, or path/to/file.py, before the ':'"
+            ) from None
+        raise _load_failed(module_part, exc) from exc
+    except Exception as exc:
+        raise _load_failed(module_part, exc) from exc
+
+
 def load_target(spec: str) -> Any:
-    """Load ``module:attr`` where module is a dotted name or a path to a .py file."""
+    """Load ``module:attr`` where module is a dotted name or a path to a .py file.
+
+    Whatever goes wrong (no such module or file, a ``SyntaxError`` or a
+    ``ContractError`` raised on import, no such attribute) is a
+    ``CommandLineError`` naming it.
+    """
     module_part, sep, attr = spec.rpartition(":")
     if not sep or not module_part or not attr:
-        raise typer.BadParameter(f"expected MODULE:ATTR, got {spec!r}")
+        raise CommandLineError(f"expected MODULE:ATTR or path/to/file.py:ATTR, got {spec!r}")
     if cj.is_file_target(module_part):
-        path = Path(module_part).resolve()
-        if not path.exists():
-            raise typer.BadParameter(f"no such file: {module_part}")
-        name = f"_typedmesh_target_{path.stem}"
-        module = sys.modules.get(name)
-        if module is None or getattr(module, "__file__", None) != str(path):
-            spec_obj = importlib.util.spec_from_file_location(name, path)
-            if spec_obj is None or spec_obj.loader is None:
-                raise typer.BadParameter(f"cannot import {module_part}")
-            module = importlib.util.module_from_spec(spec_obj)
-            sys.modules[name] = module
-            sys.path.insert(0, str(path.parent))
-            spec_obj.loader.exec_module(module)
+        module = _import_file(module_part)
     else:
-        sys.path.insert(0, str(Path.cwd()))
-        module = importlib.import_module(module_part)
+        module = _import_dotted(module_part)
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise typer.BadParameter(f"{module_part} has no attribute {attr!r}") from None
+        raise CommandLineError(f"{module_part} has no attribute {attr!r}") from None
 
 
 def load_step(spec: str) -> Step[Any, Any]:
     """``load_target`` that insists on a typedmesh Step."""
     step = load_target(spec)
     if not isinstance(step, Step):
-        raise typer.BadParameter(f"{spec} is a {type(step).__name__}, not a typedmesh Step")
+        raise CommandLineError(f"{spec} is a {type(step).__name__}, not a typedmesh Step")
     return step
 
 
-def _json_arg(text: str, what: str) -> Any:
+def _read_arg_file(text: str, option: str) -> str:
+    """The text of the file that ``@path`` names, for ``option``."""
+    shown = f"{option} {text}"
+    if len(text) < 2:
+        raise CommandLineError(f"{shown}: give a file name after '@'")
+    try:
+        return Path(text[1:]).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CommandLineError(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise CommandLineError(f"{shown}: is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        raise CommandLineError(
+            f"{shown}: not UTF-8 text (byte 0x{byte} at offset {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise CommandLineError(f"{shown}: cannot read it: {exc.strerror or exc}") from None
+
+
+def _json_arg(text: str, option: str) -> Any:
+    """The JSON value of ``option``: inline, or ``@path`` to a UTF-8 file."""
+    what = option
     if text.startswith("@"):
-        text = Path(text[1:]).read_text()
+        what = f"{option} {text}"
+        text = _read_arg_file(text, option)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"{what} is not valid JSON: {exc}") from None
+        raise CommandLineError(f"{what} is not valid JSON: {exc}") from None
 
 
-def _fail(exc: TypedMeshError, as_json: bool, *, code: int) -> NoReturn:
-    partial = getattr(exc, "partial", None)
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "error": type(exc).__name__,
-                    "message": str(exc),
-                    "run_id": getattr(exc, "run_id", None),
-                    "step_path": getattr(exc, "step_path", None),
-                    "partial": partial.to_dict() if partial is not None else None,
-                },
-                default=str,
-            )
+def _intent_arg(text: str | None) -> Intent | None:
+    if text is None:
+        return None
+    data = _json_arg(text, "--intent")
+    try:
+        return Intent.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
         )
+        raise CommandLineError(f"--intent does not fit Intent: {problems}") from None
+
+
+def _budget_arg(
+    max_tokens: int | None, max_cost: float | None, max_model_calls: int | None
+) -> Budget | None:
+    """The Budget the budget options give; a negative or NaN limit is a usage error."""
+    limits = {
+        "--max-tokens": max_tokens,
+        "--max-cost": max_cost,
+        "--max-model-calls": max_model_calls,
+    }
+    for option, value in limits.items():
+        if value is not None and not value >= 0:  # `not >=` catches NaN too
+            raise CommandLineError(f"{option} must be >= 0, got {value}")
+    if max_tokens is None and max_cost is None and max_model_calls is None:
+        return None
+    return Budget(max_tokens=max_tokens, max_cost_usd=max_cost, max_model_calls=max_model_calls)
+
+
+def _headline(exc: BaseException) -> str:
+    """The line naming what went wrong; details (problems, a diff) follow it."""
+    if isinstance(exc, CommandLineError):
+        return str(exc)
+    first, newline, rest = str(exc).partition("\n")
+    run_id = getattr(exc, "run_id", None)
+    if run_id:
+        first += f" (run {run_id})"
+    return f"{type(exc).__name__}: {first}{newline}{rest}"
+
+
+def _fail(
+    exc: BaseException,
+    as_json: bool,
+    *,
+    code: int,
+    partial: Any = None,
+    footer: str | None = None,
+) -> NoReturn:
+    """Report ``exc`` as one error line (or one JSON document) and exit with ``code``."""
+    if partial is None:
+        partial = getattr(exc, "partial", None)
+    if as_json:
+        document: dict[str, Any] = {
+            "error": exc.kind if isinstance(exc, CommandLineError) else type(exc).__name__,
+            "message": str(exc),
+            "run_id": getattr(exc, "run_id", None),
+            "step_path": getattr(exc, "step_path", None),
+            "partial": partial.to_dict() if partial is not None else None,
+        }
+        for field in ("error_type", "source", "target", "problems"):
+            if hasattr(exc, field):
+                document[field] = getattr(exc, field)
+        print(json.dumps(document, default=str))
     else:
-        errors.print(f"[red bold]{type(exc).__name__}[/]: {escape(str(exc))}")
+        errors.print(f"[red bold]error[/]: {escape(_headline(exc))}", soft_wrap=True)
         if partial is not None:
             from .render import trace_tree
 
             errors.print(trace_tree(partial))
+        if footer:
+            errors.print(footer, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _step_raised(
+    exc: Exception,
+    as_json: bool,
+    *,
+    run_id: str,
+    store: Journal | None,
+    footer: str | None = None,
+) -> NoReturn:
+    """An exception a user step raised that the runtime did not wrap: exit 1, one line."""
+    if os.environ.get("TYPEDMESH_TRACEBACK"):
+        traceback.print_exception(exc)
+    if not getattr(exc, "run_id", None):
+        with contextlib.suppress(AttributeError):  # an exception class with __slots__
+            exc.run_id = run_id  # type: ignore[attr-defined]
+    partial = getattr(exc, "partial", None)
+    if partial is None and store is not None:
+        partial = _journaled_trace(store, run_id)
+    where = _where(exc)
+    if where and not as_json:
+        footer = f"raised at {where}" + (f"\n{footer}" if footer else "")
+    _fail(exc, as_json, code=1, partial=partial, footer=footer)
+
+
+def _journaled_trace(store: Journal, run_id: str) -> Any:
+    """A run's trace as far as its journal goes, or None when it cannot be rebuilt."""
+    for name in (".runtime.reducer", ".journal.trace"):
+        try:
+            module = importlib.import_module(name, __package__)
+            return module.trace_from_events(store.read(run_id), store)
+        except Exception:  # a courtesy: the error line is what matters
+            continue
+    return None
+
+
+def _journal_problem(path: str, exc: BaseException) -> BaseException:
+    """A journal that cannot be opened or created, as one line (typed errors stay as they are)."""
+    if isinstance(exc, TypedMeshError):
+        return exc
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    culprit = getattr(exc, "filename", None)
+    if culprit and str(culprit) != path:
+        reason += f": {culprit}"
+    return CommandLineError(f"cannot open or create the journal {path}: {reason}")
+
+
+@contextmanager
+def _user_errors(as_json: bool) -> Iterator[None]:
+    """Usage, contract and journal errors raised inside exit 2 with one line."""
+    try:
+        yield
+    except (UserError, JournalError) as exc:
+        _fail(exc, as_json, code=2)
 
 
 @contextmanager
@@ -140,8 +366,8 @@ def _journal(path: str, as_json: bool, *, must_exist: bool = True) -> Iterator[J
     """Open a journal; journal and usage errors inside exit 2 with the message."""
     try:
         store = open_journal(path, must_exist=must_exist)
-    except JournalError as exc:
-        _fail(exc, as_json, code=2)
+    except (JournalError, OSError, sqlite3.Error) as exc:
+        _fail(_journal_problem(path, exc), as_json, code=2)
     try:
         yield store
     except (JournalError, UserError) as exc:
@@ -179,25 +405,22 @@ def run_command(
     no_journal: Annotated[bool, typer.Option("--no-journal", help="do not journal")] = False,
 ) -> None:
     """Run a flow on an input; journal it; print its output, trace tree, usage and cost."""
-    flow = load_step(target)
-    data = _json_arg(input, "--input")
-    run_intent = Intent.model_validate(_json_arg(intent, "--intent")) if intent else None
-    budget = None
-    if max_tokens is not None or max_cost is not None or max_model_calls is not None:
-        budget = Budget(
-            max_tokens=max_tokens, max_cost_usd=max_cost, max_model_calls=max_model_calls
-        )
+    with _user_errors(as_json):
+        budget = _budget_arg(max_tokens, max_cost, max_model_calls)
+        data = _json_arg(input, "--input")
+        run_intent = _intent_arg(intent)
+        flow = load_step(target)
     run_id = run_id or uuid.uuid4().hex
     store: Journal | None = None
     if not no_journal:
         try:
             store = open_journal(journal)
             cj.refuse_existing_run(store, run_id)
-        except (JournalError, UserError) as exc:
+        except (JournalError, UserError, OSError, sqlite3.Error) as exc:
             if store is not None:
                 store.close()
-            _fail(exc, as_json, code=2)
-        cj.remember_target(journal, run_id, target)  # before running: a crash can be resumed
+            _fail(_journal_problem(journal, exc), as_json, code=2)
+    footer = f"run id: {run_id}   journal: {escape(journal)}" if store is not None else None
     try:
         result = asyncio.run(
             arun(
@@ -208,16 +431,17 @@ def run_command(
                 grant=grant,
                 run_id=run_id,
                 journal=store,
+                target=cj.resolved_target(target),  # journaled: resume finds the flow by id
             )
         )
     except InputValidationError as exc:
         _fail(exc, as_json, code=2)
     except RunError as exc:
-        if store is not None and not as_json:
-            errors.print(f"run id: {run_id}   journal: {escape(journal)}")
-        _fail(exc, as_json, code=1)
+        _fail(exc, as_json, code=1, footer=footer)
     except (UserError, JournalError) as exc:
         _fail(exc, as_json, code=2)
+    except Exception as exc:  # a user step raised and the runtime did not wrap it
+        _step_raised(exc, as_json, run_id=run_id, store=store, footer=footer)
     finally:
         if store is not None:
             store.close()
@@ -249,7 +473,7 @@ def trace_command(
     run_id: RunIdArg, journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonOpt = False
 ) -> None:
     """Show a journaled run as a tree: steps, agents, status, time, tokens, cost, events."""
-    from .journal.trace import step_outputs, trace_from_events, trace_to_dict
+    from .runtime.reducer import step_outputs, trace_from_events, trace_to_dict
 
     with _journal(journal, as_json) as store:
         events = store.read(run_id)
@@ -299,14 +523,14 @@ def cost_command(
     run_id: RunIdArg, journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonOpt = False
 ) -> None:
     """Usage and cost of a journaled run, by agent and by model."""
-    from .journal.trace import trace_from_events, usage_by_model, usage_from_events
     from .render import model_usage_table, usage_by_agent, usage_table
+    from .runtime.reducer import reduce_events
 
     with _journal(journal, as_json) as store:
         events = store.read(run_id)
-        root = trace_from_events(events, store)
-        total = usage_from_events(events, store)
-        by_model = usage_by_model(events, store)
+        reducer = reduce_events(events, store)
+        root = reducer.finish(events[-1])
+        total, by_model = reducer.usage, reducer.by_model
     if as_json:
         print(
             json.dumps(
@@ -329,12 +553,21 @@ def cost_command(
 
 
 def _flow_for(journal: str, run_id: str, flow: str | None) -> Step[Any, Any]:
-    spec = flow or cj.recorded_target(journal, run_id)
+    if flow is not None:
+        return load_step(flow)
+    spec = cj.recorded_target(journal, run_id)
     if spec is None:
-        raise typer.BadParameter(
+        raise CommandLineError(
             f"no flow target is recorded for run {run_id!r}: pass --flow MODULE:ATTR"
         )
-    return load_step(spec)
+    try:
+        return load_step(spec)
+    except UserError as exc:
+        raise CommandLineError(
+            f"the flow recorded for run {run_id!r} ({spec}) cannot be loaded: {exc}; "
+            "pass --flow MODULE:ATTR",
+            kind=getattr(exc, "kind", type(exc).__name__),
+        ) from exc
 
 
 def _nondeterminism(
@@ -377,11 +610,12 @@ def resume_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Continue a run from its journal without repeating any journaled effect."""
-    from .journal.trace import trace_from_events, usage_from_events
+    from .runtime.reducer import reduce_events
     from .runtime.replay import aresume
 
-    if retry_in_doubt and skip_in_doubt:
-        raise typer.BadParameter("--retry-in-doubt and --skip-in-doubt exclude each other")
+    with _user_errors(as_json):
+        if retry_in_doubt and skip_in_doubt:
+            raise CommandLineError("--retry-in-doubt and --skip-in-doubt exclude each other")
     policy: InDoubtPolicy = "retry" if retry_in_doubt else "skip" if skip_in_doubt else "fail"
     with _journal(journal, as_json) as store:
         finished = store.read(run_id)[-1].type == "run.finished"
@@ -394,9 +628,13 @@ def resume_command(
             _nondeterminism(exc, store, run_id, as_json)
         except RunError as exc:
             _fail(exc, as_json, code=1)
+        except (UserError, JournalError):
+            raise  # exit 2, in _journal
+        except Exception as exc:  # a user step raised and the runtime did not wrap it
+            _step_raised(exc, as_json, run_id=run_id, store=store)
         events = store.read(run_id)
-        trace = trace_from_events(events, store)
-        usage = usage_from_events(events, store)
+        reducer = reduce_events(events, store)
+        trace, usage = reducer.finish(events[-1]), reducer.usage
     if as_json:
         print(json.dumps(result.to_dict(), default=str))
         return
@@ -419,11 +657,12 @@ def replay_command(
     from .runtime.replay import areplay
 
     swaps: dict[str, Step[Any, Any]] = {}
-    for item in swap or []:
-        name, sep, spec = item.partition("=")
-        if not sep or not name or not spec:
-            raise typer.BadParameter(f"--swap expects NAME=MODULE:ATTR, got {item!r}")
-        swaps[name] = load_step(spec)
+    with _user_errors(as_json):
+        for item in swap or []:
+            name, sep, spec = item.partition("=")
+            if not sep or not name or not spec:
+                raise CommandLineError(f"--swap expects NAME=MODULE:ATTR, got {item!r}")
+            swaps[name] = load_step(spec)
     with _journal(journal, as_json) as store:
         store.read(run_id)
         step = _flow_for(journal, run_id, flow)
@@ -433,6 +672,10 @@ def replay_command(
             _nondeterminism(exc, store, run_id, as_json)
         except RunError as exc:
             _fail(exc, as_json, code=1)
+        except (UserError, JournalError):
+            raise  # exit 2, in _journal
+        except Exception as exc:  # a user step raised and the runtime did not wrap it
+            _step_raised(exc, as_json, run_id=run_id, store=store)
     if as_json:
         print(json.dumps(cj.replay_dict(result), default=str))
     else:

@@ -14,7 +14,6 @@ import difflib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .errors import ConfigurationError, NonDeterminismError, RunNotFound
+from .journal import open_journal
 from .journal.base import Journal
 from .journal.events import Event
 from .runtime.replay import ReplayResult
@@ -32,7 +32,7 @@ __all__ = [
     "print_replay",
     "recorded_target",
     "refuse_existing_run",
-    "remember_target",
+    "resolved_target",
     "replay_dict",
     "request_diff",
     "run_status",
@@ -59,31 +59,30 @@ def _read_targets(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def remember_target(journal: str | Path, run_id: str, spec: str) -> None:
-    """Record which flow a run used, so ``resume`` and ``replay`` can find it again."""
+def resolved_target(spec: str) -> str:
+    """A flow target as recorded in the journal: a file target made absolute."""
     module_part, _, attr = spec.rpartition(":")
-    entry: dict[str, str] = {"target": spec}
     if is_file_target(module_part):
-        entry["target"] = f"{Path(module_part).resolve()}:{attr}"
-    else:
-        entry["cwd"] = str(Path.cwd())
-    path = targets_file(journal)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    targets = _read_targets(path)
-    targets[run_id] = entry
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(targets, out, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return f"{Path(module_part).resolve()}:{attr}"
+    return spec
 
 
-def recorded_target(journal: str | Path, run_id: str) -> str | None:
-    """The ``MODULE:ATTR`` that ``typedmesh run`` recorded for a run, if any."""
+def recorded_target(journal: str | Path | Journal, run_id: str) -> str | None:
+    """The ``MODULE:ATTR`` that ``typedmesh run`` recorded for a run, if any.
+
+    It is in the run's ``run.started`` event (hash-chained, exported with the
+    run); journals written before that keep it in a ``.targets.json`` sidecar.
+    """
+    store = journal if isinstance(journal, Journal) else open_journal(journal, readonly=True)
+    started = store.read(run_id)[0].payload
+    if isinstance(started.get("target"), str):
+        cwd = started.get("cwd")
+        if isinstance(cwd, str) and cwd not in sys.path:
+            sys.path.insert(0, cwd)
+        recorded: str = started["target"]
+        return recorded
+    if isinstance(journal, Journal):
+        return None
     entry = _read_targets(targets_file(journal)).get(run_id)
     if not isinstance(entry, dict) or not isinstance(entry.get("target"), str):
         return None

@@ -23,6 +23,9 @@ catching that one class is enough to separate framework failures from bugs::
     │   ├── ToolError             a tool was unknown, got bad arguments, or raised
     │   ├── ToolLoopExceeded      an agent kept calling tools past its round cap
     │   ├── BudgetExceeded        a hard budget would be crossed
+    │   │   └── UnpricedModel     a cost budget over a model with no known price
+    │   ├── DeadlineExceeded      the run's deadline passed
+    │   ├── RunWaiting            suspended on an effect with no result yet (not a failure)
     │   ├── NonDeterminismError   a replayed request differs from the journal
     │   ├── InDoubtError          a non-idempotent tool call may or may not have run
     │   ├── StaleVersion          an optimistic-lock race was lost
@@ -30,7 +33,10 @@ catching that one class is enough to separate framework failures from bugs::
     └── JournalError              storage and integrity of journals
         ├── JournalCorrupt
         ├── VersionMismatch
-        └── RunNotFound
+        ├── RunNotFound
+        ├── RunExists             a new run under a taken id (also a ConfigurationError)
+        ├── LeaseHeld             another live owner is writing the run
+        └── LeaseLost             this writer was fenced out: stop
 
 Errors carry fields, not only text, so callers can act on them.
 """
@@ -45,19 +51,24 @@ __all__ = [
     "ConfigurationError",
     "ConflictsDropped",
     "ContractError",
+    "DeadlineExceeded",
     "GateError",
     "HandoffError",
     "InDoubtError",
     "InputValidationError",
     "JournalCorrupt",
     "JournalError",
+    "LeaseHeld",
+    "LeaseLost",
     "MissingExtraError",
     "ModelError",
     "NonDeterminismError",
     "OutputValidationError",
     "PlanRejected",
     "RunError",
+    "RunExists",
     "RunNotFound",
+    "RunWaiting",
     "ScriptExhausted",
     "StaleVersion",
     "StepFailed",
@@ -66,6 +77,7 @@ __all__ = [
     "ToolLoopExceeded",
     "TransientModelError",
     "TypedMeshError",
+    "UnpricedModel",
     "UserError",
     "VersionMismatch",
 ]
@@ -344,6 +356,11 @@ class JournalError(TypedMeshError):
 class JournalCorrupt(JournalError):
     """A journal's contents fail their integrity checks."""
 
+    def __init__(self, message: str, *, run_id: str | None = None, seq: int | None = None) -> None:
+        self.run_id = run_id
+        self.seq = seq
+        super().__init__(message)
+
 
 class VersionMismatch(JournalError):
     """A journal was written by a schema this version cannot read."""
@@ -351,3 +368,53 @@ class VersionMismatch(JournalError):
 
 class RunNotFound(JournalError):
     """No run with that id is in the journal."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        self.run_id = run_id
+        super().__init__(message)
+
+
+class RunExists(JournalError, ConfigurationError):
+    """A new run was started under an id the journal already holds."""
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(message)
+
+
+class LeaseHeld(JournalError):
+    """Another live owner is writing this run: a second writer is refused before it acts."""
+
+    def __init__(self, message: str, *, run_id: str, owner: str, expires_at: float) -> None:
+        self.run_id = run_id
+        self.owner = owner
+        self.expires_at = expires_at
+        super().__init__(message)
+
+
+class LeaseLost(JournalError):
+    """This writer's lease on a run was taken over (or its head moved): it must stop."""
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(message)
+
+
+class RunWaiting(RunError):
+    """The run suspended on an effect that has no result yet (an approval, a signal).
+
+    Nothing failed: the journal holds the run with status ``waiting``; once a result
+    is recorded for each key in ``waiting``, ``resume`` continues it.
+    """
+
+    def __init__(self, message: str, *, waiting: list[str]) -> None:
+        self.waiting = waiting
+        super().__init__(message)
+
+
+class UnpricedModel(BudgetExceeded):
+    """A cost budget was set but the model has no known price: refused before any request."""
+
+
+class DeadlineExceeded(RunError):
+    """The run's ``deadline`` passed: no new call starts and the run stops."""

@@ -38,6 +38,7 @@ class Tool:
         description: str | None = None,
         requires: set[str] | frozenset[str] = frozenset(),
         idempotent: bool = True,
+        retry_on: tuple[type[Exception], ...] = (),
         localns: dict[str, Any] | None = None,
     ) -> None:
         self.fn = fn
@@ -46,6 +47,9 @@ class Tool:
         self.description = description if description is not None else doc.split("\n\n")[0]
         self.requires = frozenset(requires)
         self.idempotent = idempotent
+        self.retry_on = tuple(retry_on)
+        """Exceptions (besides ``ToolError``) told to the model so it can try again;
+        any other exception is a bug and fails the step."""
         self._is_async = inspect.iscoroutinefunction(fn)
         hints = typing.get_type_hints(fn, localns=localns)
         self.args_model, self._ctx_param = _arguments_model(fn, self.name, hints)
@@ -121,6 +125,7 @@ def tool(
     description: str | None = None,
     requires: set[str] | frozenset[str] = frozenset(),
     idempotent: bool = True,
+    retry_on: tuple[type[Exception], ...] = (),
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -132,8 +137,13 @@ def tool(
     description: str | None = None,
     requires: set[str] | frozenset[str] = frozenset(),
     idempotent: bool = True,
+    retry_on: tuple[type[Exception], ...] = (),
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Turn a typed function into a Tool; bare or with options."""
+    """Turn a typed function into a Tool; bare or with options.
+
+    A ``ToolError`` the tool raises on purpose, or an exception in ``retry_on``,
+    is told to the model; any other exception is a bug and fails the step.
+    """
     localns = dict(sys._getframe(1).f_locals)  # models defined in a function body
     if fn is not None:
         return Tool(
@@ -142,6 +152,7 @@ def tool(
             description=description,
             requires=requires,
             idempotent=idempotent,
+            retry_on=retry_on,
             localns=localns,
         )
 
@@ -152,6 +163,7 @@ def tool(
             description=description,
             requires=requires,
             idempotent=idempotent,
+            retry_on=retry_on,
             localns={**localns, **sys._getframe(1).f_locals},
         )
 

@@ -1,19 +1,46 @@
-"""The journal backend interface: append-only events and content-addressed blobs.
+"""The journal backend interface: leased runs, conditional appends, anchored heads.
 
-A backend stores what ``RunWriter`` hands it in one transaction per batch and
-gives it back in order. Memory and SQLite ship in the core; PostgreSQL slots
-in by implementing the same five methods.
+A run is written by exactly one live owner. ``create_run`` or ``acquire``
+gives the owner a ``Lease`` (a fencing token and an expiry); every
+``append`` is one transaction, conditional on that token *and* on the run's
+head being the sequence number the batch continues, and it moves the head
+(last seq, hash and signature) in the same transaction as the events. A
+second owner, a zombie whose lease was taken over, or a writer that missed
+an append is refused with ``LeaseLost`` before its events land.
+
+Memory and SQLite ship in the core; every backend passes the conformance
+suite in ``typedmesh.testing.journal_conformance``.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .events import Event
+from ..errors import LeaseHeld, LeaseLost, RunExists
+from .events import GENESIS_HASH, Event
 
-__all__ = ["Journal", "RunInfo"]
+__all__ = [
+    "DEFAULT_LEASE_TTL",
+    "Head",
+    "Journal",
+    "Lease",
+    "RunInfo",
+    "RunStatus",
+    "new_owner",
+]
+
+DEFAULT_LEASE_TTL = 30.0
+"""Seconds a lease lives without a heartbeat or an append."""
+
+RunStatus = str
+"""``running``, ``waiting``, ``finished``, ``failed`` or ``suspended``; a ``running``
+run whose lease has expired is reported as ``incomplete``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,23 +55,136 @@ class RunInfo:
     events: int
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to append to one run: valid while ``token`` is the run's token."""
+
+    run_id: str
+    owner: str
+    token: int
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Where a run's chain ends, as stored with its last append, and who owns it."""
+
+    run_id: str
+    seq: int
+    """The last event's seq; -1 for a run with no event yet."""
+    hash: str
+    signature: str | None
+    status: str
+    owner: str | None
+    token: int
+    expires_at: float
+    flow: str = ""
+
+
+def new_owner() -> str:
+    """An owner id naming this host and process, so a dead local owner can be told."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """Whether ``owner`` is a process on this host that no longer exists."""
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def lease_live(owner: str | None, expires_at: float, now: float) -> bool:
+    """Whether a run is being written right now by a live owner."""
+    return owner is not None and expires_at > now and not owner_is_dead(owner)
+
+
+def lease_free(head: Head, now: float) -> bool:
+    """Whether a new owner may take ``head``'s run: no owner, expired, or dead here."""
+    return head.owner is None or head.expires_at <= now or owner_is_dead(head.owner)
+
+
 class Journal(ABC):
-    """Where runs are journaled. Appends are atomic per ``write`` call."""
+    """Where runs are journaled. Appends are atomic, conditional and anchored."""
+
+    readonly: bool = False
+
+    # -- ownership -----------------------------------------------------------------
 
     @abstractmethod
-    def write(self, events: Sequence[Event], blobs: Mapping[str, bytes]) -> None:
-        """Store blobs (idempotently, by digest) and append events, atomically."""
+    def create_run(
+        self, run_id: str, owner: str, *, flow: str = "", ttl: float = DEFAULT_LEASE_TTL
+    ) -> Lease:
+        """Register a new run owned by ``owner``; ``RunExists`` if the id is taken."""
+
+    @abstractmethod
+    def acquire(self, run_id: str, owner: str, *, ttl: float = DEFAULT_LEASE_TTL) -> Lease:
+        """Take an existing run: ``LeaseHeld`` while another live owner holds it.
+
+        The fencing token goes up by one, so appends under any older lease fail.
+        """
+
+    @abstractmethod
+    def renew(self, lease: Lease, *, ttl: float = DEFAULT_LEASE_TTL) -> Lease:
+        """Extend a lease (a heartbeat); ``LeaseLost`` if it is no longer the run's."""
+
+    @abstractmethod
+    def release(self, lease: Lease, status: str) -> None:
+        """Give the run up with ``status``; a lost lease releases nothing."""
+
+    @abstractmethod
+    def append(
+        self,
+        lease: Lease,
+        events: Sequence[Event],
+        blobs: Mapping[str, bytes],
+        *,
+        signature: str | None = None,
+        ttl: float = DEFAULT_LEASE_TTL,
+    ) -> Lease:
+        """Store blobs and events and move the head, in one transaction.
+
+        Conditional on ``lease.token`` being the run's token and on
+        ``events[0].seq`` directly following the head: else ``LeaseLost`` and
+        nothing is written. Renews the lease; returns it.
+        """
+
+    @abstractmethod
+    def head(self, run_id: str) -> Head:
+        """The run's anchored head; ``RunNotFound`` if there is no such run."""
+
+    # -- reading -------------------------------------------------------------------
 
     @abstractmethod
     def read(self, run_id: str) -> list[Event]:
         """Every event of a run in order; ``RunNotFound`` if there is none."""
 
     def exists(self, run_id: str) -> bool:
-        """Whether the journal holds any event of ``run_id``."""
+        """Whether the journal knows ``run_id``."""
         from ..errors import RunNotFound
 
         try:
-            self.read(run_id)
+            self.head(run_id)
         except RunNotFound:
             return False
         return True
@@ -66,16 +206,86 @@ class Journal(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- import --------------------------------------------------------------------
 
-def summarize(run_id: str, events: Sequence[Event]) -> RunInfo:
-    """A RunInfo from a run's events (shared by backends that keep no run table)."""
-    first, last = events[0], events[-1]
-    status = {"run.finished": "finished", "run.failed": "failed"}.get(last.type, "incomplete")
-    return RunInfo(
-        run_id=run_id,
-        flow=str(first.payload.get("flow", first.path)),
-        status=status,
-        started_at=first.ts,
-        ended_at=last.ts if status != "incomplete" else None,
-        events=len(events),
+    def import_run(
+        self, events: Sequence[Event], blobs: Mapping[str, bytes], head: Head | None = None
+    ) -> None:
+        """Store a whole run as exported (golden journals, JSONL): anchored at ``head``.
+
+        Without ``head`` (an export from before heads), the last event anchors it.
+        """
+        if not events:
+            from ..errors import JournalCorrupt
+
+            raise JournalCorrupt("nothing to import: the run has no events")
+        run_id = events[0].run_id
+        flow = str(events[0].payload.get("flow", "")) if events[0].type == "run.started" else ""
+        lease = self.create_run(run_id, new_owner(), flow=flow, ttl=0.0)
+        self._store_imported(lease, events, blobs, head)
+
+    def _store_imported(
+        self, lease: Lease, events: Sequence[Event], blobs: Mapping[str, bytes], head: Head | None
+    ) -> None:
+        self.append(lease, events, blobs, signature=head.signature if head else None, ttl=0.0)
+        status = head.status if head is not None else status_of(events)
+        self.release(lease, "incomplete" if status == "running" else status)
+
+
+def status_of(events: Sequence[Event]) -> str:
+    """A run's status judged from its last event alone."""
+    last = events[-1].type if events else ""
+    return {
+        "run.finished": "finished",
+        "run.failed": "failed",
+        "run.suspended": "waiting",
+    }.get(last, "incomplete")
+
+
+def check_append(head: Head, lease: Lease, events: Sequence[Event]) -> None:
+    """Raise ``LeaseLost`` unless ``lease`` owns ``head``'s run and ``events`` continue it."""
+    if head.token != lease.token or head.owner != lease.owner:
+        raise LeaseLost(
+            f"run {lease.run_id!r} is now owned by {head.owner!r} (token {head.token}); "
+            f"this writer's lease (token {lease.token}) was taken over",
+            run_id=lease.run_id,
+        )
+    if events and events[0].seq != head.seq + 1:
+        raise LeaseLost(
+            f"run {lease.run_id!r} head is at seq {head.seq}; a batch starting at "
+            f"{events[0].seq} does not continue it",
+            run_id=lease.run_id,
+        )
+    if events and head.seq >= 0 and events[0].prev_hash != head.hash:
+        raise LeaseLost(
+            f"run {lease.run_id!r}: the batch does not chain to the head's hash",
+            run_id=lease.run_id,
+        )
+    if events and head.seq < 0 and events[0].prev_hash != GENESIS_HASH:
+        raise LeaseLost(
+            f"run {lease.run_id!r}: the first event must chain to genesis", run_id=lease.run_id
+        )
+
+
+def check_acquire(head: Head, owner: str, now: float) -> None:
+    """Raise ``LeaseHeld`` unless ``owner`` may take ``head``'s run now."""
+    if head.owner == owner or lease_free(head, now):
+        return
+    raise LeaseHeld(
+        f"run {head.run_id!r} is being written by {head.owner!r} (lease expires in "
+        f"{max(0.0, head.expires_at - now):.1f} s); refusing a second writer",
+        run_id=head.run_id,
+        owner=head.owner or "",
+        expires_at=head.expires_at,
     )
+
+
+def refuse_existing(run_id: str) -> RunExists:
+    return RunExists(
+        f"run {run_id!r} is already in the journal: resume or replay it, or start a new run id",
+        run_id=run_id,
+    )
+
+
+def now() -> float:
+    return time.time()

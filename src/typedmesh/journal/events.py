@@ -31,10 +31,13 @@ __all__ = [
     "dumps",
 ]
 
-JOURNAL_SCHEMA_VERSION = 1
+JOURNAL_SCHEMA_VERSION = 2
 SCHEMA_VERSION_SUMMARIES: dict[int, str] = {
     1: "first format: events(run_id, seq, type, key, span, parent, path, agent, ts, payload, "
     "prev_hash, hash, schema_version) and content-addressed blobs",
+    2: "blob references leave the payload: an event's `refs` (hashed with its header) name "
+    "the payload fields stored as blobs, so a payload that merely contains {'$blob': ...} "
+    "is data; a runs table anchors each run's head (last seq, hash, signature) and lease",
 }
 assert max(SCHEMA_VERSION_SUMMARIES) == JOURNAL_SCHEMA_VERSION, "add a summary for each version"
 
@@ -84,6 +87,13 @@ class Event:
     schema_version: int = JOURNAL_SCHEMA_VERSION
     payload_json: str = ""
     agent_json: str | None = None
+    refs: dict[str, list[Any]] | None = None
+    """Payload fields stored as blobs: name -> [digest, is_json]. Hashed with the header."""
+    resolved: bool = False
+    """True for an event still in the process that emitted it: ``payload`` holds every
+    value in full (blob fields included; ``raw`` fields as JSON text)."""
+    attachment: Any = None
+    """In-process only, never stored: the typed value an event describes (a step's output)."""
 
     def __post_init__(self) -> None:
         if not self.payload_json:
@@ -93,21 +103,22 @@ class Event:
 
     def header(self) -> str:
         """Every field but the payload, as the hash covers them."""
-        return dumps(
-            [
-                self.schema_version,
-                self.run_id,
-                self.seq,
-                self.type,
-                self.path,
-                self.ts,
-                self.key,
-                self.span_id,
-                self.parent_span_id,
-                self.agent_json,
-                self.prev_hash,
-            ]
-        )
+        fields: list[Any] = [
+            self.schema_version,
+            self.run_id,
+            self.seq,
+            self.type,
+            self.path,
+            self.ts,
+            self.key,
+            self.span_id,
+            self.parent_span_id,
+            self.agent_json,
+            self.prev_hash,
+        ]
+        if self.schema_version >= 2:
+            fields.append(self.refs)
+        return dumps(fields)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record that ``from_dict`` turns back into the same event."""
@@ -125,6 +136,7 @@ class Event:
             "hash": self.hash,
             "schema_version": self.schema_version,
             "payload_json": self.payload_json,
+            "refs": self.refs,
         }
 
     @classmethod
@@ -148,6 +160,7 @@ class Event:
         hash: str,
         schema_version: int,
         payload_json: str,
+        refs: dict[str, list[Any]] | str | None = None,
     ) -> Event:
         """An event read back from storage, decoded from its stored texts."""
         return cls(
@@ -166,6 +179,7 @@ class Event:
             schema_version=schema_version,
             payload_json=payload_json,
             agent_json=agent_json,
+            refs=json.loads(refs) if isinstance(refs, str) else refs,
         )
 
 

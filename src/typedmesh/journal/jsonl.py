@@ -1,34 +1,33 @@
-"""Portable journals: one run as JSON lines (events and the blobs they use).
+"""Portable journals: one run as JSON lines (events, the blobs they use, its head).
 
 For golden journals checked into a repository, for moving a run between
-machines, and for attaching a run to a bug report.
+machines, and for attaching a run to a bug report. The head travels with
+the run, so a cut tail is caught after an export too.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
-from .base import Journal
+from ..errors import JournalCorrupt
+from .base import Head, Journal
 from .events import Event
 from .memory import MemoryJournal
+from .verify import blob_refs
 
 __all__ = ["export_jsonl", "import_jsonl"]
 
 
 def export_jsonl(journal: Journal, run_id: str, path: str | Path) -> int:
-    """Write a run's events, then its blobs, one JSON object per line; returns the lines."""
+    """Write a run's events, its blobs, then its head, one JSON object per line."""
     events = journal.read(run_id)
-    digests = sorted(
-        {
-            v["$blob"]
-            for e in events
-            for v in e.payload.values()
-            if isinstance(v, dict) and "$blob" in v
-        }
-    )
+    digests = sorted({d for e in events for refs in blob_refs(e).values() for d in refs})
     lines = [json.dumps({"event": e.to_dict()}) for e in events]
     lines += [json.dumps({"blob": d, "data": journal.blob(d).decode()}) for d in digests]
+    head = journal.head(run_id)
+    lines.append(json.dumps({"head": {**asdict(head), "owner": None, "expires_at": 0.0}}))
     Path(path).write_text("\n".join(lines) + "\n")
     return len(lines)
 
@@ -38,13 +37,21 @@ def import_jsonl(path: str | Path, into: Journal | None = None) -> tuple[Journal
     store = into if into is not None else MemoryJournal()
     events: list[Event] = []
     blobs: dict[str, bytes] = {}
-    for line in Path(path).read_text().splitlines():
+    head: Head | None = None
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
-        record = json.loads(line)
-        if "event" in record:
-            events.append(Event.from_dict(record["event"]))
-        else:
-            blobs[record["blob"]] = record["data"].encode()
-    store.write(events, blobs)
+        try:
+            record = json.loads(line)
+            if "event" in record:
+                events.append(Event.from_dict(record["event"]))
+            elif "head" in record:
+                head = Head(**record["head"])
+            else:
+                blobs[record["blob"]] = record["data"].encode()
+        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+            raise JournalCorrupt(f"{path}: line {number} is not a journal record: {exc}") from exc
+    if not events:
+        raise JournalCorrupt(f"{path} holds no events: not an exported run")
+    store.import_run(events, blobs, head)
     return store, events[0].run_id

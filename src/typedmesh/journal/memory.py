@@ -1,13 +1,30 @@
-"""An in-memory journal: for tests and for runs that need replay within one process."""
+"""An in-memory journal: for tests and for runs that need replay within one process.
+
+It keeps the same promises as the SQLite journal (leases, conditional appends,
+an anchored head), so a test on memory tests the semantics users get on disk.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..errors import JournalCorrupt, RunNotFound
-from .base import Journal, RunInfo, summarize
-from .events import Event
+from .base import (
+    DEFAULT_LEASE_TTL,
+    Head,
+    Journal,
+    Lease,
+    RunInfo,
+    check_acquire,
+    check_append,
+    lease_live,
+    now,
+    refuse_existing,
+)
+from .events import GENESIS_HASH, Event
 
 __all__ = ["MemoryJournal"]
 
@@ -17,22 +34,91 @@ class MemoryJournal(Journal):
 
     def __init__(self) -> None:
         self._events: dict[str, list[dict[str, Any]]] = {}
+        self._heads: dict[str, Head] = {}
+        self._created: dict[str, str] = {}
         self._blobs: dict[str, bytes] = {}
+        self._lock = threading.Lock()
 
-    def write(self, events: Sequence[Event], blobs: Mapping[str, bytes]) -> None:
-        self._blobs.update(blobs)
-        for event in events:
+    def create_run(
+        self, run_id: str, owner: str, *, flow: str = "", ttl: float = DEFAULT_LEASE_TTL
+    ) -> Lease:
+        with self._lock:
+            if run_id in self._heads:
+                raise refuse_existing(run_id)
+            expires = now() + ttl
+            self._heads[run_id] = Head(
+                run_id, -1, GENESIS_HASH, None, "running", owner, 1, expires, flow
+            )
+            self._events[run_id] = []
+            return Lease(run_id, owner, 1, expires)
+
+    def acquire(self, run_id: str, owner: str, *, ttl: float = DEFAULT_LEASE_TTL) -> Lease:
+        with self._lock:
+            head = self._head(run_id)
+            t = now()
+            check_acquire(head, owner, t)
+            token = head.token + 1
+            self._heads[run_id] = replace(
+                head, owner=owner, token=token, expires_at=t + ttl, status="running"
+            )
+            return Lease(run_id, owner, token, t + ttl)
+
+    def renew(self, lease: Lease, *, ttl: float = DEFAULT_LEASE_TTL) -> Lease:
+        with self._lock:
+            head = self._head(lease.run_id)
+            check_append(head, lease, ())
+            expires = now() + ttl
+            self._heads[lease.run_id] = replace(head, expires_at=expires)
+            return replace(lease, expires_at=expires)
+
+    def release(self, lease: Lease, status: str) -> None:
+        with self._lock:
+            head = self._heads.get(lease.run_id)
+            if head is None or head.token != lease.token or head.owner != lease.owner:
+                return
+            self._heads[lease.run_id] = replace(head, owner=None, expires_at=0.0, status=status)
+
+    def append(
+        self,
+        lease: Lease,
+        events: Sequence[Event],
+        blobs: Mapping[str, bytes],
+        *,
+        signature: str | None = None,
+        ttl: float = DEFAULT_LEASE_TTL,
+    ) -> Lease:
+        with self._lock:
+            head = self._head(lease.run_id)
+            check_append(head, lease, events)
+            self._blobs.update(blobs)
+            rows = self._events[lease.run_id]
             # the record holds only strings and numbers: later mutation of the Event is moot
-            self._events.setdefault(event.run_id, []).append(event.to_dict())
+            rows.extend(event.to_dict() for event in events)
+            expires = now() + ttl
+            if events:
+                last = events[-1]
+                head = replace(head, seq=last.seq, hash=last.hash, signature=signature)
+            if events and events[0].seq == 0:
+                self._created[lease.run_id] = events[0].ts
+            self._heads[lease.run_id] = replace(head, expires_at=expires)
+            return replace(lease, expires_at=expires)
+
+    def head(self, run_id: str) -> Head:
+        with self._lock:
+            return self._head(run_id)
+
+    def _head(self, run_id: str) -> Head:
+        head = self._heads.get(run_id)
+        if head is None:
+            raise RunNotFound(f"no run {run_id!r} in this journal", run_id=run_id)
+        return head
 
     def read(self, run_id: str) -> list[Event]:
-        rows = self._events.get(run_id)
+        with self._lock:
+            rows = list(self._events.get(run_id) or ())
         if not rows:
-            raise RunNotFound(f"no run {run_id!r} in this journal")
+            raise RunNotFound(f"no run {run_id!r} in this journal", run_id=run_id)
         return [Event.from_dict(row) for row in rows]  # decoded afresh for each reader
-
-    def exists(self, run_id: str) -> bool:
-        return run_id in self._events
 
     def blob(self, digest: str) -> bytes:
         try:
@@ -41,5 +127,25 @@ class MemoryJournal(Journal):
             raise JournalCorrupt(f"blob {digest} is missing") from None
 
     def runs(self) -> list[RunInfo]:
-        infos = [summarize(run_id, self.read(run_id)) for run_id in self._events]
+        infos = []
+        t = now()
+        with self._lock:
+            items = [(h, list(self._events[h.run_id])) for h in self._heads.values()]
+        for head, rows in items:
+            if not rows:
+                continue
+            status = head.status
+            if status == "running" and not lease_live(head.owner, head.expires_at, t):
+                status = "incomplete"
+            ended = rows[-1]["ts"] if status in ("finished", "failed") else None
+            infos.append(
+                RunInfo(head.run_id, head.flow, status, rows[0]["ts"], ended, len(rows))
+            )
         return sorted(infos, key=lambda r: r.started_at, reverse=True)
+
+    # -- test hooks: what an attacker with access to the storage can do ------------
+
+    def tamper_drop_tail(self, run_id: str, count: int) -> None:
+        """Delete the last ``count`` events (the head stays): for integrity tests."""
+        with self._lock:
+            del self._events[run_id][len(self._events[run_id]) - count :]

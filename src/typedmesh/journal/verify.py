@@ -1,4 +1,11 @@
-"""Integrity: check a run's hash chain and its blobs; load payloads back."""
+"""Integrity: check a run's hash chain, its anchored head and its blobs; load payloads.
+
+The chain alone cannot tell a run that ended from one whose tail was cut:
+both are valid prefixes. The head stored with the last append can: it names
+the last seq and hash, so deleting the last event, the last seven, or
+everything from a tool's ``tool.started`` on fails ``verify``. With
+``TYPEDMESH_JOURNAL_KEY`` set the head must carry the key's signature too.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import JournalCorrupt
-from .base import Journal
+from ..errors import JournalCorrupt, RunNotFound
+from .anchor import journal_key, signature_ok
+from .base import Head, Journal
 from .events import GENESIS_HASH, Event, chain_hash, digest
 
-__all__ = ["VerifyReport", "load_payload", "verify_events", "verify_run"]
+__all__ = ["VerifyReport", "blob_refs", "load_payload", "verify_events", "verify_run"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,10 +31,18 @@ class VerifyReport:
     bad_seq: int | None = None
     bad_type: str | None = None
     reason: str = ""
+    signed: bool = False
 
 
-def verify_events(run_id: str, events: list[Event], journal: Journal | None = None) -> VerifyReport:
-    """Recompute the chain; with ``journal``, also check every referenced blob's digest."""
+def verify_events(
+    run_id: str,
+    events: list[Event],
+    journal: Journal | None = None,
+    head: Head | None = None,
+    *,
+    key: bytes | None = None,
+) -> VerifyReport:
+    """Recompute the chain; check it ends at ``head``; with ``journal``, check blobs."""
     prev = GENESIS_HASH
     for expected_seq, event in enumerate(events):
         reason = ""
@@ -41,30 +57,77 @@ def verify_events(run_id: str, events: list[Event], journal: Journal | None = No
         if reason:
             return VerifyReport(run_id, len(events), False, event.seq, event.type, reason)
         prev = event.hash
-    return VerifyReport(run_id, len(events), True)
+    if head is None:
+        return VerifyReport(run_id, len(events), True)
+    last_seq = events[-1].seq if events else -1
+    if head.seq != last_seq or head.hash != (events[-1].hash if events else GENESIS_HASH):
+        missing = head.seq - last_seq
+        reason = (
+            f"the journal's head is event {head.seq} but the events end at {last_seq}: "
+            + (f"{missing} event(s) were deleted from the tail" if missing > 0 else "altered")
+        )
+        return VerifyReport(run_id, len(events), False, last_seq + 1, "(head)", reason)
+    if not signature_ok(key, run_id, head.seq, head.hash, head.signature):
+        reason = (
+            "the head is not signed" if head.signature is None else "the head's signature is wrong"
+        ) + " with TYPEDMESH_JOURNAL_KEY (forged or written without the key)"
+        return VerifyReport(run_id, len(events), False, head.seq, "(head)", reason)
+    return VerifyReport(run_id, len(events), True, signed=key is not None)
+
+
+def blob_refs(event: Event) -> dict[str, list[str]]:
+    """The blobs each payload field is stored in: name -> digests.
+
+    Format 2 names them in the event's ``refs`` (hashed with the header):
+    ``[digest, is_json]`` for one value, ``["parts", [digest, ...]]`` for a list
+    whose items are stored one blob each (a conversation's messages, stored once).
+    """
+    if event.schema_version >= 2:
+        found: dict[str, list[str]] = {}
+        for name, ref in (event.refs or {}).items():
+            found[name] = [str(d) for d in ref[1]] if ref[0] == "parts" else [str(ref[0])]
+        return found
+    legacy: dict[str, list[str]] = {}  # format 1 marked blobs inside the payload
+    for name, value in event.payload.items():
+        if isinstance(value, dict) and "$blob" in value:
+            legacy[name] = [str(value["$blob"])]
+    return legacy
 
 
 def _blob_problem(event: Event, journal: Journal) -> str:
-    for name, value in event.payload.items():
-        if isinstance(value, dict) and "$blob" in value:
+    for name, refs in blob_refs(event).items():
+        for ref in refs:
             try:
-                data = journal.blob(value["$blob"])
+                data = journal.blob(ref)
             except JournalCorrupt:
-                return f"payload {name!r}: blob {value['$blob']} is missing"
-            if digest(data) != value["$blob"]:
-                return f"payload {name!r}: blob {value['$blob']} does not match its digest"
+                return f"payload {name!r}: blob {ref} is missing"
+            if digest(data) != ref:
+                return f"payload {name!r}: blob {ref} does not match its digest"
     return ""
 
 
 def verify_run(journal: Journal, run_id: str) -> VerifyReport:
-    """Verify one run of a journal."""
-    return verify_events(run_id, journal.read(run_id), journal)
+    """Verify one run of a journal: chain, blobs, anchored head and its signature."""
+    head = journal.head(run_id)  # RunNotFound when there is no such run at all
+    try:
+        events = journal.read(run_id)
+    except RunNotFound:
+        events = []  # every event deleted: the head still says how many there were
+    return verify_events(run_id, events, journal, head, key=journal_key())
 
 
 def load_payload(event: Event, journal: Journal, name: str) -> Any:
     """One payload value, with a blob reference resolved."""
     value = event.payload.get(name)
-    if isinstance(value, dict) and "$blob" in value:
+    if event.resolved:
+        return value
+    ref = (event.refs or {}).get(name) if event.schema_version >= 2 else None
+    if ref is not None and ref[0] == "parts":
+        return [json.loads(journal.blob(str(d))) for d in ref[1]]
+    if ref is not None:
+        text = journal.blob(str(ref[0])).decode()
+        return json.loads(text) if ref[1] else text
+    if event.schema_version < 2 and isinstance(value, dict) and "$blob" in value:
         text = journal.blob(value["$blob"]).decode()
         return json.loads(text) if value.get("json") else text
     return value

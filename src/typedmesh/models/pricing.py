@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["PRICES", "Price", "cost_of", "register_price"]
+__all__ = ["PRICES", "Price", "cost_of", "price_of", "register_price"]
 
 
 class Price(NamedTuple):
@@ -50,6 +50,13 @@ def _lookup(model: str, table: dict[str, Price]) -> Price | None:
     # dated snapshots ("gpt-4o-mini-2024-07-18") price as their family: longest prefix wins
     best = max((k for k in table if name.startswith(k)), key=len, default=None)
     return table[best] if best else None
+
+
+def price_of(model: str) -> Price | None:
+    """The price of a model name (dated snapshots price as their family), or None."""
+    if model not in _resolved:
+        _resolved[model] = _lookup(model, PRICES)
+    return _resolved[model]
 
 
 def cost_of(

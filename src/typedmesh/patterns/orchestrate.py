@@ -11,6 +11,7 @@ expensive planner model over cheap worker models this is plan-and-execute.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -79,15 +80,29 @@ class Orchestrate(Step[Any, Any]):
         return (self.planner, *self.workers.values(), self.synthesizer)
 
     async def invoke(self, input: BaseModel, ctx: RunContext) -> BaseModel:
+        budget = ctx.budget
+        max_steps = budget.max_plan_steps if budget is not None else None
+
+        def check(plan: Plan) -> list[str]:
+            problems = self.plan_problems(plan)
+            if max_steps is not None and len(plan.steps) > max_steps:
+                problems.append(
+                    f"the plan has {len(plan.steps)} steps; the run's budget allows at most "
+                    f"{max_steps}: plan fewer, larger steps"
+                )
+            return problems
+
         gate = Gate(
-            check=self.plan_problems,
+            check=check,
             guidance=self.briefing(),
             error=PlanRejected,
             max_attempts=self.max_plan_attempts,
         )
         plan: Plan = await ctx.run(self.planner, input, gate=gate)
-        planner_node = ctx.node.children[-1]
-        attempts = 1 + sum(e["event"] == "output.gate_failed" for e in planner_node.events)
+        # counted from the planner's journaled gate failures (resumed runs included)
+        planner_node = ctx.node.find(f"{ctx.path}/{self.planner.name}")
+        events = planner_node.events if planner_node is not None else []
+        attempts = 1 + sum(e["event"] == "output.gate_failed" for e in events)
         ctx.record("plan", plan=plan.model_dump(mode="json"), attempts=attempts)
         outputs = await self._execute(plan, ctx)
         results = [
@@ -124,12 +139,7 @@ class Orchestrate(Step[Any, Any]):
             )
             finished[planned.id].set()
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for planned in plan.steps:
-                    group.create_task(run_step(planned))
-        except BaseExceptionGroup as group_error:
-            raise _first_leaf(group_error) from None
+        await ctx.run_all([functools.partial(run_step, planned) for planned in plan.steps])
         return done
 
     def briefing(self) -> str:
@@ -253,11 +263,6 @@ def _find_cycle(steps: list[PlanStep]) -> list[str]:
             if found:
                 return found
     return []
-
-
-def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def orchestrate(

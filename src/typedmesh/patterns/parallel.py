@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import typing
 from typing import Any
 
@@ -86,16 +86,14 @@ class Parallel(Step[Any, Any]):
 
     async def invoke(self, input: BaseModel, ctx: RunContext) -> BaseModel:
         labels = list(self.branches)
-        results = await asyncio.gather(
-            *(
-                ctx.run(self.branches[label], self._inputs[label](input), label=label)
+        results = await ctx.run_all(
+            [
+                functools.partial(
+                    ctx.run, self.branches[label], self._inputs[label](input), label=label
+                )
                 for label in labels
-            ),
-            return_exceptions=True,
+            ]
         )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result  # the other branches' outputs stay in the trace
         outputs = dict(zip(labels, typing.cast(list[BaseModel], results), strict=True))
         conflicts = detect_conflicts(outputs, self.compare)
         if conflicts:

@@ -2,17 +2,23 @@
 
 from .budget import Budget
 from .context import RunContext
-from .effects import Effects, LiveEffects
+from .effects import Effects
+from .executor import AsyncioExecutor, Executor
+from .kinds import PENDING, EffectKind, register_kind
 from .replay import FieldChange, ReplayResult, areplay, aresume, replay, resume
 from .retry import RetryPolicy
 from .run import RunResult, arun, run
 from .trace import TraceNode
+from .waits import record_result, waiting_effects
 
 __all__ = [
+    "PENDING",
+    "AsyncioExecutor",
     "Budget",
+    "EffectKind",
     "Effects",
+    "Executor",
     "FieldChange",
-    "LiveEffects",
     "ReplayResult",
     "RetryPolicy",
     "RunContext",
@@ -21,7 +27,10 @@ __all__ = [
     "areplay",
     "aresume",
     "arun",
+    "record_result",
+    "register_kind",
     "replay",
     "resume",
     "run",
+    "waiting_effects",
 ]

@@ -1,45 +1,46 @@
-"""RunContext: the run's choke point, handed to every step.
+"""RunContext: what a step holds of its run, and the door to every effect.
 
-Every child step, model call, tool call, clock read and random draw passes
-through here, so there is exactly one place that traces, prices, budgets,
-checks scopes and (through ``Effects``) journals, resumes and replays.
+The work is split by job: ``RunState`` is what one run shares (its event log
+and sinks, effects engine, budget, executor); child steps are dispatched
+here; model calls live in ``model_calls``, tool calls in ``tool_calls``;
+what is recorded and served is the effects engine's business. The trace is
+not kept here: it is derived from the run's events by the reducer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from ..contracts import Intent
-from ..errors import (
-    BudgetExceeded,
-    ModelError,
-    RunError,
-    ToolDenied,
-    ToolError,
-    TransientModelError,
-    TypedMeshError,
-)
-from ..models.base import Model, ModelRequest, ModelResponse, Usage
-from ..models.pricing import cost_of
-from .budget import Budget
-from .effects import Effects, LiveEffects, random_draw, utc_now
+from ..errors import ContractError, RunError, StepFailed, TypedMeshError
+from ..journal.events import GENESIS_HASH
+from ..journal.writer import EventLog, JournalSink
+from ..models.base import Message, Model, ModelRequest, ModelResponse, Usage
+from .budget import Budget, BudgetTracker
+from .effects import Effects, Suspend
+from .executor import AsyncioExecutor, Executor
+from .kinds import CLOCK, RANDOM, TIMER, EffectKind
+from .reducer import TraceReducer
 from .retry import NO_RETRY, RetryPolicy
 from .trace import TraceNode
 
 if TYPE_CHECKING:
-    from ..journal.writer import RunWriter
+    from ..journal.base import Journal
     from ..step import Gate, Step
     from ..tools import Tool
 
-__all__ = ["RunContext"]
+__all__ = ["RunContext", "RunState"]
 
 Out = TypeVar("Out", bound=BaseModel)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -50,17 +51,34 @@ class RunState:
     intent: Intent | None = None
     budget: Budget | None = None
     grant: frozenset[str] | None = None
-    effects: Effects = field(default_factory=LiveEffects)
-    usage: Usage = field(default_factory=Usage)
-    sink: RunWriter | None = None
-    """The journal writer, when the run is journaled."""
-    completed: dict[str, dict[str, Any]] | None = None
-    """On resume: outputs of steps the journal shows finished, by path."""
+    journal: Journal | None = None
+    effects: Effects = field(default_factory=Effects)
+    log: EventLog = field(default=None)  # type: ignore[assignment]
+    reducer: TraceReducer = field(default_factory=TraceReducer)
+    sink: JournalSink | None = None
+    """The journal sink, when the run is journaled."""
+    completed: dict[str, Any] | None = None
+    """On resume: output JSON of steps the journal shows finished, by path."""
     swaps: dict[str, Step[Any, Any]] = field(default_factory=dict)
     """On what-if replay: steps to run instead of the flow's, by name."""
     live_paths: set[str] = field(default_factory=set)
     """On what-if replay: paths of swapped steps, whose effects always run live."""
     identities: dict[int, dict[str, str]] = field(default_factory=dict)
+    executor: Executor = field(default_factory=AsyncioExecutor)
+    tracker: BudgetTracker | None = None
+    deadline: float | None = None
+    """``time.monotonic()`` past which no new model or tool call starts."""
+    message_json: dict[int, tuple[Message, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.log is None:
+            self.log = EventLog(self.run_id, prev_hash=GENESIS_HASH, sinks=[self.reducer])
+        if self.budget is not None and self.tracker is None:
+            self.tracker = BudgetTracker(self.budget, self.reducer.usage)
+
+    @property
+    def usage(self) -> Usage:
+        return self.reducer.usage
 
     def agent_dict(self, step: Step[Any, Any] | None) -> dict[str, str] | None:
         if step is None:
@@ -72,14 +90,14 @@ class RunState:
 
 
 class RunContext:
-    """The context of one step invocation: its path, trace node and effect counters."""
+    """The context of one step invocation: its path and effect counters."""
 
     __slots__ = (
         "_children",
         "_counters",
+        "_origin",
         "_run",
         "idempotency_key",
-        "node",
         "notes",
         "path",
         "step",
@@ -89,15 +107,14 @@ class RunContext:
         self,
         run: RunState,
         path: str,
-        node: TraceNode,
         step: Step[Any, Any] | None,
         *,
         idempotency_key: str | None = None,
         notes: tuple[str, ...] = (),
+        origin: tuple[str, str | None, dict[str, str] | None] | None = None,
     ) -> None:
         self._run = run
         self.path = path
-        self.node = node
         self.step = step
         self.idempotency_key = idempotency_key
         """Set while a tool runs: stable across retries of the same call after a crash."""
@@ -105,6 +122,7 @@ class RunContext:
         """What the enclosing pattern tells this step (loop feedback, merge conflicts)."""
         self._counters: dict[str, int] = {}
         self._children: dict[str, int] = {}
+        self._origin = origin
 
     @property
     def run_id(self) -> str:
@@ -115,9 +133,21 @@ class RunContext:
         return self._run.intent
 
     @property
+    def budget(self) -> Budget | None:
+        return self._run.budget
+
+    @property
     def usage(self) -> Usage:
         """What the whole run has spent so far."""
         return self._run.usage
+
+    @property
+    def node(self) -> TraceNode:
+        """This step's trace node, as the reducer derived it from the events so far."""
+        reducer = self._run.reducer
+        node = reducer.owner(self.path)
+        assert node is not None, "a step's node exists once its step.started was emitted"
+        return node
 
     @property
     def runs_live(self) -> bool:
@@ -131,31 +161,71 @@ class RunContext:
         self._counters[kind] = n + 1
         return f"{self.path}/{kind}#{n}"
 
+    # -- events ------------------------------------------------------------------
+
+    def emit(
+        self,
+        type: str,
+        payload: dict[str, Any],
+        *,
+        key: str | None = None,
+        raw: dict[str, str] | None = None,
+        parts: dict[str, list[str]] | None = None,
+        attachment: Any = None,
+    ) -> None:
+        """Make one event at this step (the journal, the reducer and subscribers get it)."""
+        span, parent, agent = self.event_origin()
+        self._run.log.emit(
+            type,
+            self.path,
+            payload,
+            key=key,
+            span_id=span,
+            parent_span_id=parent,
+            agent=agent,
+            raw=raw,
+            parts=parts,
+            attachment=attachment,
+        )
+
     def record(self, event: str, **data: Any) -> None:
-        """Note a boundary event on this step's trace node (and in the journal)."""
+        """Note a boundary event on this step (journaled; shown on its trace node)."""
+        self.emit(event, data, key=data.get("key"))
+
+    async def commit(self) -> None:
+        """Make every event so far durable (a no-op for a run without a journal)."""
         sink = self._run.sink
         if sink is not None:
-            span, parent, agent = self.event_origin()
-            sink.emit(
-                event,
-                self.path,
-                dict(data),
-                key=data.get("key"),
-                span_id=span,
-                parent_span_id=parent,
-                agent=agent,
-            )
-        data["event"] = event
-        self.node.events.append(data)
+            await sink.commit()
+
+    def ensure_owned(self) -> None:
+        """Before a live effect: the run is still ours (a fenced-out zombie stops here)."""
+        sink = self._run.sink
+        if sink is not None:
+            sink.ensure_owned()
 
     def event_origin(self) -> tuple[str, str | None, dict[str, str] | None]:
-        """Span id, parent span id and agent identity for a journal event from here."""
-        parent_path = self.path.rpartition("/")[0]
-        return (
-            span_id(self.run_id, self.path),
-            span_id(self.run_id, parent_path) if parent_path else None,
-            self._run.agent_dict(self.step),
-        )
+        """Span id, parent span id and agent identity for an event from here."""
+        origin = self._origin
+        if origin is None:
+            parent_path = self.path.rpartition("/")[0]
+            origin = self._origin = (
+                span_id(self.run_id, self.path),
+                span_id(self.run_id, parent_path) if parent_path else None,
+                self._run.agent_dict(self.step),
+            )
+        return origin
+
+    def message_texts(self, messages: Sequence[Message]) -> list[str]:
+        """Each message's JSON, cached per message object (a conversation is re-sent)."""
+        cache = self._run.message_json
+        texts = []
+        for message in messages:
+            hit = cache.get(id(message))
+            if hit is None or hit[0] is not message:
+                hit = cache[id(message)] = (message, message.model_dump_json())
+            texts.append(hit[1])
+        return texts
 
     # -- child steps -------------------------------------------------------------
 
@@ -185,69 +255,39 @@ class RunContext:
         path = f"{self.path}/{label}"
         if swapped:
             run.live_paths.add(path)
-        node = self.node.child(label, step.kind, path, step.identity)
+        child = RunContext(run, path, step, notes=notes)
         if run.completed is not None and path in run.completed:
-            return restore(step, node, run, run.completed[path])
-        child = RunContext(run, path, node, step, notes=notes)
+            return restore(step, child, run.completed[path])
         return await invoke_traced(step, input, child, gate)
 
-    # -- models ------------------------------------------------------------------
+    async def run_all(self, calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+        """Run calls (child steps) side by side on the run's executor; the first
+        failure cancels the others and is raised."""
+        return await self._run.executor.run_all(calls)
+
+    # -- models, tools, clock ------------------------------------------------------
 
     async def call_model(
         self, model: Model, request: ModelRequest, *, retry: RetryPolicy = NO_RETRY
     ) -> ModelResponse:
-        """Call a model: budget-checked, retried on transient errors, priced, traced."""
-        run = self._run
-        attempt = 0
-        while True:
-            attempt += 1
-            if run.budget is not None:
-                try:
-                    run.budget.check(run.usage)
-                except BudgetExceeded as exc:
-                    self.record(
-                        "budget.exceeded", limit=exc.limit, value=exc.value, spent=exc.spent
-                    )
-                    raise
-            key = self.effect_key("model")
-            try:
-                response: ModelResponse = await run.effects.perform(
-                    self,
-                    key,
-                    "model",
-                    request,
-                    lambda: _generate(model, request),
-                    {"model": model.name, "provider": model.provider},
-                )
-            except Exception as exc:
-                if retry.should_retry(exc, attempt):
-                    delay = retry.delay(attempt)
-                    self.record(
-                        "model.retry",
-                        key=key,
-                        attempt=attempt,
-                        error=f"{type(exc).__name__}: {exc}",
-                        delay_s=delay,
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-                raise
-            self._account(model, response)
-            return response
+        """Call a model: budget-reserved, retried on transient errors, priced, journaled."""
+        from .model_calls import call_model
 
-    def _account(self, model: Model, response: ModelResponse) -> None:
-        """Add a priced response's usage to its step and to the run."""
-        usage = response.usage
-        name = response.model or model.name
-        if not usage.cost_usd and usage.total_tokens:  # a journal from before per-call cost
-            usage.__dict__["cost_usd"] = cost_of(name, usage.input_tokens, usage.output_tokens)
-        usage.__dict__["model_calls"] = 1
-        add_usage(self.node.usage, usage)
-        add_usage(self._run.usage, usage)
-        if name not in self.node.models:
-            self.node.models.append(name)
+        return await call_model(self, self._run, model, request, retry)
 
-    # -- tools -------------------------------------------------------------------
+    async def perform(
+        self,
+        kind: EffectKind,
+        request: Any,
+        execute: Callable[[], Awaitable[Any]],
+        *,
+        key: str | None = None,
+    ) -> Any:
+        """Perform an effect of any registered kind: journaled, resumed and replayed
+        as its descriptor says (a waiting kind may suspend the run here)."""
+        return await self._run.effects.perform(
+            self, kind, key or self.effect_key(kind.name), request, execute
+        )
 
     def allowed_scopes(self) -> frozenset[str]:
         """This step's scopes, narrowed by the run's grant when one was given."""
@@ -259,96 +299,45 @@ class RunContext:
         """Call a tool with scope check and argument validation; returns its result.
 
         Raises ``ToolDenied`` (nothing ran) when a required scope is missing and
-        ``ToolError`` for invalid arguments or a tool that raised.
+        ``ToolError`` for invalid arguments or a failure the tool reports on purpose.
         """
-        missing = tool.requires - self.allowed_scopes()
-        if missing:
-            self.record("tool.denied", tool=tool.name, missing=sorted(missing))
-            raise ToolDenied(tool.name, missing=set(missing), step=self.path)
-        try:
-            parsed = tool.parse_arguments(arguments)
-        except ValidationError as exc:
-            self.record("tool.invalid_arguments", tool=tool.name, errors=_errors(exc))
-            raise ToolError(
-                f"invalid arguments for tool {tool.name!r}: " + "; ".join(_errors(exc)),
-                tool=tool.name,
-            ) from exc
-        key = self.effect_key("tool")
-        idempotency_key = hashlib.sha256(f"{self.run_id}:{key}".encode()).hexdigest()[:32]
-        tool_ctx = RunContext(self._run, key, self.node, self.step, idempotency_key=idempotency_key)
-        request = {
-            "tool": tool.name,
-            "arguments": parsed.model_dump(mode="json"),
-            "idempotency_key": idempotency_key,
-            "idempotent": tool.idempotent,
-        }
+        from .tool_calls import call_tool
 
-        async def execute() -> Any:
-            try:
-                return tool.to_jsonable(await tool.execute(parsed, tool_ctx))
-            except TypedMeshError:
-                raise
-            except Exception as exc:
-                raise ToolError(
-                    f"tool {tool.name!r} raised {type(exc).__name__}: {exc}", tool=tool.name
-                ) from exc
-
-        try:
-            result = await self._run.effects.perform(self, key, "tool", request, execute)
-        except ToolError as exc:
-            # the journal holds the effect's own tool.error event: trace only here
-            self.node.events.append(
-                {"event": "tool.error", "key": key, "tool": tool.name, "error": str(exc)}
-            )
-            raise
-        self.node.events.append({"event": "tool.result", "key": key, "tool": tool.name})
-        self.node.usage.tool_calls += 1
-        self._run.usage.tool_calls += 1
-        return tool.from_jsonable(result)
-
-    # -- clock and randomness ----------------------------------------------------
+        return await call_tool(self, self._run, tool, arguments)
 
     def now(self) -> datetime:
         """The current UTC time, as an effect: a replay sees the recorded time."""
         value: datetime = self._run.effects.perform_sync(
-            self, self.effect_key("clock"), "clock", utc_now
+            self, CLOCK, self.effect_key("clock"), _utc_now
         )
         return value
 
     def random(self) -> float:
         """A uniform draw in [0, 1), as an effect: a replay sees the recorded draw."""
         value: float = self._run.effects.perform_sync(
-            self, self.effect_key("random"), "random", random_draw
+            self, RANDOM, self.effect_key("random"), _random_draw
         )
         return value
 
+    async def sleep(self, seconds: float, *, key: str | None = None) -> None:
+        """Wait, as a timer effect: a replay does not wait at all."""
 
-async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
-    try:
-        response = await model.generate(request)
-    except TypedMeshError:
-        raise
-    except TimeoutError as exc:
-        raise TransientModelError(f"model {model.name!r} timed out") from exc
-    except Exception as exc:
-        raise ModelError(f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from exc
-    usage = response.usage  # priced here so the journaled response carries its cost
-    fields = usage.__dict__  # plain counters: skip pydantic's validating setattr
-    fields["cost_usd"] = cost_of(
-        response.model or model.name, usage.input_tokens, usage.output_tokens
-    )
-    fields["model_calls"] = 1
-    return response
+        async def wait() -> None:
+            await asyncio.sleep(seconds)
+
+        await self._run.effects.perform(
+            self, TIMER, key or self.effect_key("timer"), seconds, wait
+        )
 
 
-def add_usage(total: Usage, usage: Usage) -> None:
-    """``total += usage`` in place; the counters are plain ints, so skip pydantic's setattr."""
-    fields = total.__dict__
-    fields["input_tokens"] += usage.input_tokens
-    fields["output_tokens"] += usage.output_tokens
-    fields["model_calls"] += usage.model_calls
-    fields["tool_calls"] += usage.tool_calls
-    fields["cost_usd"] += usage.cost_usd
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _random_draw() -> float:
+    import random
+
+    return random.random()
 
 
 def span_id(run_id: str, path: str) -> str:
@@ -356,75 +345,61 @@ def span_id(run_id: str, path: str) -> str:
     return hashlib.sha256(f"{run_id}/{path}".encode()).hexdigest()[:16]
 
 
-def restore(step: Step[Any, Out], node: TraceNode, run: RunState, recorded: dict[str, Any]) -> Out:
+def restore(step: Step[Any, Out], ctx: RunContext, recorded: Any) -> Out:
     """A step the journal shows finished: its recorded output, without running it again."""
-    output = step.output_type.model_validate(recorded["output"])
-    usage = Usage.model_validate(recorded.get("usage") or {})
-    node.usage = usage
-    run.usage = run.usage + usage
-    node.events.append({"event": "step.restored"})
-    node.finish("ok", output=output)
+    try:
+        output = step.output_type.model_validate(recorded)
+    except ValidationError as exc:
+        from ..validation import error_lines
+
+        raise ContractError(
+            f"resume: step {ctx.path!r} finished with an output that no longer fits "
+            f"{step.output_type.__name__} (the flow's types changed since the run was "
+            "journaled); replay it with the old flow, or start a new run",
+            source=ctx.path,
+            target=step.output_type.__name__,
+            problems=error_lines(exc),
+        ) from exc
+    ctx.record("step.restored")
     return output
 
 
 async def invoke_traced(
     step: Step[Any, Out], input: BaseModel, ctx: RunContext, gate: Gate | None
 ) -> Out:
-    """Invoke ``step`` in ``ctx`` and close its trace node however it ends."""
-    node = ctx.node
-    sink = ctx._run.sink
-    span: str | None = None
-    parent: str | None = None
-    agent: dict[str, str] | None = None
-    if sink is not None:
-        span, parent, agent = ctx.event_origin()
-        sink.emit(
-            "step.started",
-            ctx.path,
-            {"kind": step.kind, "name": node.name},
-            span_id=span,
-            parent_span_id=parent,
-            agent=agent,
-        )
+    """Invoke ``step`` in ``ctx``, its start and end as events, however it ends."""
+    ctx.emit("step.started", {"kind": step.kind, "name": ctx.path.rpartition("/")[2]})
+    started = time.perf_counter()
     try:
         if gate is None:
             output = await step.invoke(input, ctx)
         else:
             output = await step.invoke_gated(input, ctx, gate)
-    except asyncio.CancelledError:
-        node.finish("cancelled", error="cancelled")
-        if sink is not None:
-            sink.emit(
-                "step.cancelled", ctx.path, {}, span_id=span, parent_span_id=parent, agent=agent
-            )
+    except (asyncio.CancelledError, Suspend):
+        ctx.emit("step.cancelled", {"duration_ms": _ms(started)})
         raise
-    except BaseException as exc:
-        node.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, RunError) and exc.step_path is None:
+    except BaseException as caught:
+        exc = caught
+        if isinstance(caught, Exception) and not isinstance(caught, TypedMeshError):
+            exc = StepFailed.wrap(caught, step_path=ctx.path)  # a bug in user code
+        elif isinstance(exc, RunError) and exc.step_path is None:
             exc.step_path = ctx.path
-        if sink is not None:
-            sink.emit(
-                "step.failed",
-                ctx.path,
-                {"type": type(exc).__name__, "message": str(exc)},
-                span_id=span,
-                parent_span_id=parent,
-                agent=agent,
-            )
-        raise
-    node.finish("ok", output=output)
-    if sink is not None:
-        sink.emit(
-            "step.completed",
-            ctx.path,
-            {"usage": node.total_usage().model_dump(), "duration_ms": node.duration_ms},
-            span_id=span,
-            parent_span_id=parent,
-            agent=agent,
-            raw={"output": output.model_dump_json()},
+        ctx.emit(
+            "step.failed",
+            {"type": type(exc).__name__, "message": str(exc), "duration_ms": _ms(started)},
         )
+        if exc is caught:
+            raise
+        raise exc from caught
+    ctx.emit(
+        "step.completed",
+        {"duration_ms": _ms(started)},
+        raw={"output": output.model_dump_json()},
+        attachment=output,
+    )
+    await ctx.commit()  # a finished step is durable before the next one starts
     return output
 
 
-def _errors(exc: ValidationError) -> list[str]:
-    return [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -1,10 +1,14 @@
-"""Rebuild a journaled run's trace tree and usage from its events alone.
+"""The one reducer: a run's trace, usage and cost, derived from its events alone.
 
-``trace_from_events`` gives the same ``TraceNode`` tree a live run returns
-(steps by path, kind, agent identity, status, duration, tokens, cost, models,
-notable events), so ``typedmesh trace`` and ``typedmesh cost`` need nothing
-but the journal. Step outputs stay in the journal (``step_outputs``): a
-``TraceNode`` holds typed outputs, and the journal only has their JSON.
+``TraceReducer`` is an event sink. During a run it receives every event as it
+is made and keeps the trace tree (steps by path, kind, agent identity,
+status, duration, tokens, cost, models, notable events) and the run's usage;
+``RunResult.trace`` and ``.usage`` are what it holds. ``typedmesh trace`` and
+``cost``, resume (which first feeds it the journaled events) and the
+OpenTelemetry export use the same reducer on a journal's events, so a trace
+never differs between a live run and its journal.
+
+Cost is what was recorded when the call was made, never re-priced.
 
 A run that crashed leaves steps started but never finished: they are marked
 ``incomplete``. Steps still open when the run failed were cancelled with it.
@@ -17,68 +21,103 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from collections.abc import Mapping
+
 from ..contracts import AgentIdentity
+from ..journal.base import Journal
+from ..journal.events import Event
+from ..journal.verify import load_payload
 from ..models.base import Usage
-from ..models.pricing import cost_of
-from ..runtime.trace import TraceNode
-from .base import Journal
-from .events import Event
-from .verify import load_payload
+from .kinds import kind_of_event
+from .trace import TraceNode
 
 __all__ = [
+    "TraceReducer",
     "step_outputs",
     "trace_from_events",
     "trace_to_dict",
-    "usage_by_model",
-    "usage_from_events",
 ]
 
-_EFFECT_TYPES = frozenset(
-    {"model.request", "model.response", "model.error", "tool.started", "clock", "random"}
-)
 _TOOL_OUTCOMES = frozenset({"tool.result", "tool.error"})
+_LIFECYCLE = frozenset(
+    {
+        "run.started",
+        "run.resumed",
+        "run.finished",
+        "run.failed",
+        "run.suspended",
+        "step.started",
+        "step.completed",
+        "step.failed",
+        "step.cancelled",
+    }
+)
 
 
 def _is_record(event: Event) -> bool:
     """Whether an event is a ``ctx.record`` note (shown on its node) rather than an effect."""
     kind = event.type
-    return not (
-        kind.startswith(("run.", "step.")) or kind in _EFFECT_TYPES or kind in _TOOL_OUTCOMES
-    )
+    return kind not in _LIFECYCLE and kind_of_event(kind) is None
 
 
-def _response_usage(response: Any) -> tuple[str, Usage]:
-    """The model name and priced usage of one journaled ``model.response``."""
-    if not isinstance(response, dict):
-        return "", Usage()
-    name = str(response.get("model") or "")
-    usage = response.get("usage") or {}
-    tokens_in = int(usage.get("input_tokens", 0))
-    tokens_out = int(usage.get("output_tokens", 0))
-    return name, Usage(
-        input_tokens=tokens_in,
-        output_tokens=tokens_out,
+def _recorded_usage(event: Event, journal: Journal | None) -> Usage:
+    """The usage and cost a ``model.response`` recorded when the call was made."""
+    usage = event.payload.get("usage")
+    if not isinstance(usage, dict):  # journal format 1: inside the response itself
+        response = load_payload(event, journal, "response") if journal is not None else None
+        usage = (response or {}).get("usage") if isinstance(response, dict) else None
+        usage = usage if isinstance(usage, dict) else {}
+    return Usage(
+        input_tokens=int(usage.get("input_tokens", 0)),
+        output_tokens=int(usage.get("output_tokens", 0)),
         model_calls=1,
-        cost_usd=cost_of(name, tokens_in, tokens_out) if name else 0.0,
+        cost_usd=float(usage.get("cost_usd", 0.0)),
     )
+
+
+def add_usage(total: Usage, usage: Usage) -> None:
+    """``total += usage`` in place; the counters are plain ints, so skip pydantic's setattr."""
+    fields = total.__dict__
+    fields["input_tokens"] += usage.input_tokens
+    fields["output_tokens"] += usage.output_tokens
+    fields["model_calls"] += usage.model_calls
+    fields["tool_calls"] += usage.tool_calls
+    fields["cost_usd"] += usage.cost_usd
 
 
 def _identity(agent: dict[str, str] | None) -> AgentIdentity | None:
     return AgentIdentity.model_validate(agent) if agent else None
 
 
-class _Builder:
-    def __init__(self, journal: Journal, t0: datetime) -> None:
+class TraceReducer:
+    """Folds a run's events into its trace tree and usage; an event sink."""
+
+    def __init__(self, journal: Journal | None = None) -> None:
         self.journal = journal
-        self.t0 = t0
+        self.t0: datetime | None = None
         self.root: TraceNode | None = None
         self.nodes: dict[str, TraceNode] = {}
         self.tool_names: dict[str, str] = {}
         self.tool_outcomes: set[str] = set()
+        self.requested: dict[str, str] = {}
+        self.usage = Usage()
+        """What the whole run has spent: every model response and tool result recorded."""
+        self.by_model: dict[str, Usage] = {}
+
+    def accept(self, event: Event, blobs: Mapping[str, bytes]) -> None:
+        self.add(event)
 
     def clock(self, ts: str) -> float:
         """Seconds since the run started (small floats keep durations exact)."""
-        return (datetime.fromisoformat(ts) - self.t0).total_seconds()
+        moment = datetime.fromisoformat(ts)
+        if self.t0 is None:
+            self.t0 = moment
+        return (moment - self.t0).total_seconds()
+
+    def load(self, event: Event, name: str) -> Any:
+        if event.resolved or self.journal is None:
+            return event.payload.get(name)
+        return load_payload(event, self.journal, name)
 
     def owner(self, path: str) -> TraceNode | None:
         """The node at ``path``, or its nearest ancestor that is a node (tool contexts)."""
@@ -93,7 +132,7 @@ class _Builder:
         node = self.nodes.get(event.path)
         if node is None:
             parent = self.owner(event.path.rpartition("/")[0])
-            node = TraceNode(name=name, kind=kind, path=event.path)
+            node = TraceNode(name=name, kind=kind, path=event.path, started=0.0)
             if parent is None:
                 self.root = node
             else:
@@ -117,7 +156,7 @@ class _Builder:
                 self.start(event, str(payload.get("flow", event.path)), kind)
         elif event.type == "step.started":
             self.start(event, str(payload.get("name", event.path)), str(payload.get("kind", "")))
-        elif event.type in ("step.completed", "step.failed"):
+        elif event.type in ("step.completed", "step.failed", "step.cancelled"):
             node = self.nodes.get(event.path)
             if node is None:
                 return
@@ -128,16 +167,16 @@ class _Builder:
                 node.ended = self.clock(event.ts)
             if event.type == "step.completed":
                 node.status = "ok"
+                node.output = event.attachment
+            elif event.type == "step.cancelled":
+                node.status, node.error = "cancelled", "cancelled"
             else:
                 node.status = "failed"
                 node.error = f"{payload.get('type', 'Error')}: {payload.get('message', '')}"
+        elif event.type == "model.request" and event.key:
+            self.requested[event.key] = str(payload.get("model") or "")
         elif event.type == "model.response":
-            node = self.owner(event.path)
-            name, usage = _response_usage(load_payload(event, self.journal, "response"))
-            if node is not None:
-                node.usage = node.usage + usage
-                if name and name not in node.models:
-                    node.models.append(name)
+            self.model_response(event)
         elif event.type == "tool.started" and event.key:
             self.tool_names[event.key] = str(payload.get("tool", ""))
         elif event.type in _TOOL_OUTCOMES:
@@ -145,9 +184,26 @@ class _Builder:
         elif _is_record(event):
             node = self.owner(event.path)
             if node is not None:
-                data = {name: load_payload(event, self.journal, name) for name in payload}
+                data = {name: self.load(event, name) for name in payload}
                 data["event"] = event.type
                 node.events.append(data)
+
+    def model_response(self, event: Event) -> None:
+        usage = _recorded_usage(event, self.journal)
+        name = self.requested.get(event.key or "") or str(event.payload.get("served_model") or "")
+        if not name and not event.resolved and self.journal is not None:  # format 1
+            response = load_payload(event, self.journal, "response")
+            name = str(response.get("model") or "") if isinstance(response, dict) else ""
+        node = self.owner(event.path)
+        if node is not None:
+            add_usage(node.usage, usage)
+            if name and name not in node.models:
+                node.models.append(name)
+        add_usage(self.usage, usage)
+        key = name or "(unnamed)"
+        if key not in self.by_model:
+            self.by_model[key] = Usage()
+        add_usage(self.by_model[key], usage)
 
     def tool_outcome(self, event: Event) -> None:
         """A tool call's result or error, noted once per call as a live trace notes it.
@@ -166,7 +222,8 @@ class _Builder:
         if event.type == "tool.error":
             note["error"] = str(payload.get("error") or payload.get("message", ""))
         else:
-            node.usage = node.usage + Usage(tool_calls=1)
+            node.usage.__dict__["tool_calls"] += 1
+            self.usage.__dict__["tool_calls"] += 1
         node.events.append(note)
 
     def finish(self, last: Event) -> TraceNode:
@@ -185,12 +242,17 @@ class _Builder:
 
 def trace_from_events(events: list[Event], journal: Journal) -> TraceNode:
     """The trace tree of a journaled run, from its events (blobs read from ``journal``)."""
+    return reduce_events(events, journal).finish(events[-1])
+
+
+def reduce_events(events: list[Event], journal: Journal) -> TraceReducer:
+    """A reducer fed every event of a journaled run."""
     if not events:
         raise ValueError("no events")
-    builder = _Builder(journal, datetime.fromisoformat(events[0].ts))
+    reducer = TraceReducer(journal)
     for event in events:
-        builder.add(event)
-    return builder.finish(events[-1])
+        reducer.add(event)
+    return reducer
 
 
 def step_outputs(events: Iterable[Event], journal: Journal) -> dict[str, Any]:
@@ -200,26 +262,6 @@ def step_outputs(events: Iterable[Event], journal: Journal) -> dict[str, Any]:
         for event in events
         if event.type == "step.completed"
     }
-
-
-def usage_by_model(events: Iterable[Event], journal: Journal) -> dict[str, Usage]:
-    """Tokens, calls and cost of every model response in the journal, by model name."""
-    totals: dict[str, Usage] = {}
-    for event in events:
-        if event.type == "model.response":
-            name, usage = _response_usage(load_payload(event, journal, "response"))
-            key = name or "(unnamed)"
-            totals[key] = totals.get(key, Usage()) + usage
-    return totals
-
-
-def usage_from_events(events: list[Event], journal: Journal) -> Usage:
-    """What the run spent in total: model usage and cost plus tool calls."""
-    total = Usage()
-    for usage in usage_by_model(events, journal).values():
-        total = total + usage
-    tools = {e.key for e in events if e.type == "tool.result"}
-    return total + Usage(tool_calls=len(tools))
 
 
 def trace_to_dict(root: TraceNode, outputs: dict[str, Any]) -> dict[str, Any]:

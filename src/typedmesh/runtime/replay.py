@@ -9,18 +9,28 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from ..contracts import Intent
-from ..errors import ConfigurationError, ContractError, InDoubtError, JournalCorrupt
+from ..errors import (
+    ConfigurationError,
+    ContractError,
+    InDoubtError,
+    JournalCorrupt,
+    NonDeterminismError,
+)
 from ..handoff import handoff_problems
 from ..journal import DEFAULT_JOURNAL, open_journal
-from ..journal.base import Journal
+from ..journal.anchor import journal_key
+from ..journal.base import DEFAULT_LEASE_TTL, Journal, new_owner
 from ..journal.events import Event, canonical_json, digest
+from ..journal.sqlite import Durability
 from ..journal.verify import load_payload, verify_events
-from ..journal.writer import RunWriter
+from ..journal.writer import JournalSink
 from ..step import Step
 from .budget import Budget
 from .context import RunState
-from .durable import InDoubtPolicy, JournalEffects, JournalIndex, index_events
-from .run import RunResult, coerce_input, execute, journal_label, run_sync
+from .effects import Effects, index_events
+from .kinds import InDoubtPolicy
+from .reducer import reduce_events
+from .run import RunResult, attach_journal, coerce_input, drive, journal_label, run_sync
 from .trace import TraceNode
 
 __all__ = ["FieldChange", "ReplayResult", "areplay", "aresume", "replay", "resume"]
@@ -54,18 +64,20 @@ class ReplayResult(Generic[Out]):
     swapped: list[str] = field(default_factory=list)
 
 
-def _load(journal: str | Path | Journal, run_id: str) -> tuple[Journal, list[Event], JournalIndex]:
-    store = open_journal(journal, must_exist=True)
+def _verified(store: Journal, run_id: str) -> list[Event]:
+    """A run's events, refused unless chain, blobs, anchored head and signature check out."""
     events = store.read(run_id)
-    report = verify_events(run_id, events, store)
+    report = verify_events(run_id, events, store, store.head(run_id), key=journal_key())
     if not report.ok:
         raise JournalCorrupt(
             f"run {run_id!r} fails verification at event {report.bad_seq} "
-            f"({report.bad_type}): {report.reason}"
+            f"({report.bad_type}): {report.reason}",
+            run_id=run_id,
+            seq=report.bad_seq,
         )
     if events[0].type != "run.started":
-        raise JournalCorrupt(f"run {run_id!r} does not begin with run.started")
-    return store, events, index_events(events, store)
+        raise JournalCorrupt(f"run {run_id!r} does not begin with run.started", run_id=run_id)
+    return events
 
 
 def _settings(
@@ -90,67 +102,85 @@ async def aresume(
     *,
     journal: str | Path | Journal = DEFAULT_JOURNAL,
     in_doubt: InDoubtPolicy = "fail",
+    budget: Budget | None = None,
+    deadline: float | None = None,
+    durability: Durability = "normal",
+    lease_ttl: float = DEFAULT_LEASE_TTL,
 ) -> RunResult[Out]:
     """Continue a run from its journal without repeating any journaled effect.
 
-    Finished steps return their recorded outputs; journaled model and tool
-    calls return their recorded results; the rest runs live and is journaled.
-    A non-idempotent tool call that started but never reported is in doubt:
-    ``in_doubt="fail"`` raises ``InDoubtError`` before anything is written,
-    ``"retry"`` runs it again with the same idempotency key, ``"skip"`` tells
-    the agent it was skipped. A finished run returns its recorded output.
+    The run is taken under a lease first: while another live process owns
+    it, ``LeaseHeld`` is raised before anything runs. Finished steps return
+    their recorded outputs; journaled model and tool calls return their
+    recorded results; the rest runs live and is journaled. A non-idempotent
+    tool call that started but never reported is in doubt: ``in_doubt="fail"``
+    raises ``InDoubtError`` before anything is written, ``"retry"`` runs it
+    again with the same idempotency key, ``"skip"`` records it as failed and
+    tells the agent. ``budget`` replaces the recorded budget (it covers the
+    whole run, what was spent before included). A finished run returns its
+    recorded output; a tampered or truncated journal is refused.
     """
-    store, events, index = _load(journal, run_id)
+    store = open_journal(journal, must_exist=True, durability=durability)
+    lease = store.acquire(run_id, new_owner(), ttl=lease_ttl)
+    sink = JournalSink(store, lease, ttl=lease_ttl)
+    status = "incomplete"
     try:
-        validated, intent, budget, grant = _settings(flow, events[0], store)
+        head = store.head(run_id)
+        events = _verified(store, run_id)
+        status = head.status if head.status != "running" else "incomplete"
+        index = index_events(events, store)
+        validated, intent, recorded_budget, grant = _settings(flow, events[0], store)
         if in_doubt == "fail":
-            for rec in index.in_doubt():
-                if not rec.idempotent:
-                    key = rec.request_event.key if rec.request_event else "?"
-                    raise InDoubtError(str(key), tool=rec.tool)
+            for key, rec in index.in_doubt():
+                started = rec.started or {}
+                if rec.kind.name == "tool" and not started.get("idempotent", True):
+                    raise InDoubtError(key, tool=str(started.get("tool", "")))
         if events[-1].type == "run.finished":
-            index.completed[flow.name] = {
-                "output": load_payload(events[-1], store, "output"),
-                "usage": events[-1].payload.get("usage", {}),
-            }
-            writer = None
-        else:
-            writer = RunWriter(store, run_id, seq=len(events), prev_hash=events[-1].hash)
-        state = RunState(
-            run_id=run_id,
-            intent=intent,
-            budget=budget,
-            grant=grant,
-            completed=index.completed,
-            sink=writer,
-        )
-        state.effects = JournalEffects(
-            writer, store, recorded=index.effects, mode="resume", in_doubt=in_doubt
-        )
-        if writer is None:
-            return await _restored_result(flow, validated, state, intent, journal)
-        writer.emit(
-            "run.resumed", flow.name, {"after_event": len(events) - 1, "in_doubt": in_doubt}
-        )
-        return await execute(flow, validated, state, intent, journal_label(journal))
-    finally:
-        if store is not journal:
-            store.close()
+            sink.release("finished")
+            return _finished_result(flow, events, store, intent, journal)
+    except BaseException:
+        store.release(lease, status)
+        raise
+    state = RunState(
+        run_id=run_id,
+        intent=intent,
+        budget=budget or recorded_budget,
+        grant=grant,
+        completed=index.completed,
+        effects=Effects(recorded=index.effects, mode="resume", in_doubt=in_doubt),
+    )
+    state.log.seq, state.log.prev_hash = len(events), events[-1].hash
+    state.reducer.journal = store
+    for event in events:  # the trace and usage so far: the reducer sees the whole run
+        state.reducer.add(event)
+    attach_journal(state, store, sink)
+    resumed = {
+        "after_event": len(events) - 1,
+        "in_doubt": in_doubt,
+        "budget": None if budget is None else budget.to_dict(),
+    }
+    return await drive(
+        flow,
+        validated,
+        state,
+        intent,
+        ("run.resumed", resumed),
+        journal_label(journal),
+        deadline,
+    )
 
 
-async def _restored_result(
-    flow: Step[Any, Out], validated: BaseModel, state: RunState, intent: Intent | None, journal: Any
+def _finished_result(
+    flow: Step[Any, Out], events: list[Event], store: Journal, intent: Intent | None, journal: Any
 ) -> RunResult[Out]:
-    from .context import restore
-
-    root = TraceNode(name=flow.name, kind=flow.kind, path=flow.name, identity=flow.identity)
-    assert state.completed is not None
-    output = restore(flow, root, state, state.completed[flow.name])
+    reducer = reduce_events(events, store)
+    root = reducer.finish(events[-1])
+    output = flow.output_type.model_validate(load_payload(events[-1], store, "output"))
     return RunResult(
         output=output,
-        run_id=state.run_id,
-        usage=state.usage,
-        cost_usd=state.usage.cost_usd,
+        run_id=events[0].run_id,
+        usage=reducer.usage,
+        cost_usd=reducer.usage.cost_usd,
         trace=root,
         intent=intent,
         journal=journal_label(journal),
@@ -187,19 +217,36 @@ async def areplay(
     steps run live, as does anything downstream whose request changed; the
     result lists how the final output changed. Nothing is written.
     """
-    store, events, index = _load(journal, run_id)
+    store = open_journal(journal, readonly=not isinstance(journal, Journal))
     try:
+        events = _verified(store, run_id)
+        index = index_events(events, store)
         validated, intent, budget, grant = _settings(flow, events[0], store)
         for name, new in (swap or {}).items():
             _check_swap(flow, name, new)
+        effects = Effects(
+            journal=store, recorded=index.effects, mode="whatif" if swap else "replay"
+        )
         state = RunState(
-            run_id=run_id, intent=intent, budget=budget, grant=grant, swaps=dict(swap or {})
+            run_id=run_id,
+            intent=intent,
+            budget=budget,
+            grant=grant,
+            swaps=dict(swap or {}),
+            effects=effects,
         )
-        effects = JournalEffects(
-            None, store, recorded=index.effects, mode="whatif" if swap else "replay"
-        )
-        state.effects = effects
-        result = await execute(flow, validated, state, intent)
+        started = dict(events[0].payload)
+        result = await drive(flow, validated, state, intent, ("run.started", started))
+        if not swap:
+            never = effects.unconsumed()
+            if never:
+                rec = index.effects[never[0]]
+                raise NonDeterminismError(
+                    never[0],
+                    expected=effects.recorded_request(rec.kind, rec),
+                    actual=f"the replayed flow never made this {rec.kind.name} call "
+                    f"({len(never)} recorded effect(s) unused)",
+                )
         finished = events[-1] if events[-1].type == "run.finished" else None
         recorded = load_payload(finished, store, "output") if finished else None
         dumped = result.output.model_dump(mode="json")
@@ -241,9 +288,22 @@ def resume(
     *,
     journal: str | Path | Journal = DEFAULT_JOURNAL,
     in_doubt: InDoubtPolicy = "fail",
+    budget: Budget | None = None,
+    deadline: float | None = None,
+    durability: Durability = "normal",
 ) -> RunResult[Out]:
     """Synchronous twin of ``aresume``."""
-    return run_sync(aresume(run_id, flow, journal=journal, in_doubt=in_doubt))
+    return run_sync(
+        aresume(
+            run_id,
+            flow,
+            journal=journal,
+            in_doubt=in_doubt,
+            budget=budget,
+            deadline=deadline,
+            durability=durability,
+        )
+    )
 
 
 def replay(

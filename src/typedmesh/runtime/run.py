@@ -1,11 +1,21 @@
-"""Running a flow: ``run`` / ``arun`` and their ``RunResult``."""
+"""Running a flow: ``run`` / ``arun`` and their ``RunResult``.
+
+A journaled run is owned: ``arun`` registers the run id with a lease before
+anything executes (a second process starting the same id is refused), a
+heartbeat keeps the lease while the run waits on slow calls, and every
+append is conditional on it. The run's end (finished, failed, waiting) is
+appended and the lease released with that status.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -13,11 +23,26 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ..contracts import Intent
-from ..errors import ConfigurationError, InputValidationError, RunError
+from ..errors import (
+    ConfigurationError,
+    DeadlineExceeded,
+    InputValidationError,
+    RunError,
+    RunWaiting,
+    StepFailed,
+    TypedMeshError,
+)
+from ..journal.base import DEFAULT_LEASE_TTL, new_owner
+from ..journal.events import canonical_json, digest
+from ..journal.sqlite import Durability
+from ..journal.writer import EventSink, JournalSink
 from ..models.base import Usage
 from ..step import Step
+from ..validation import error_lines
 from .budget import Budget
 from .context import RunContext, RunState, invoke_traced
+from .effects import Suspend
+from .executor import Executor
 from .trace import TraceNode
 
 if TYPE_CHECKING:
@@ -32,7 +57,11 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class RunResult(Generic[Out]):
-    """What a finished run gives back: the typed output and how it came about."""
+    """What a finished run gives back: the typed output and how it came about.
+
+    ``trace``, ``usage`` and ``cost_usd`` are derived from the run's events by
+    the same reducer that ``typedmesh trace`` and ``cost`` use on the journal.
+    """
 
     output: Out
     run_id: str
@@ -58,67 +87,104 @@ class RunResult(Generic[Out]):
 def coerce_input(flow: Step[In, Any], value: Any) -> In:
     """Validate a run input against the flow's input model, before any model call."""
     expected = flow.input_type
-    if type(value) is expected:
-        return value
     try:
-        if isinstance(value, BaseModel):
-            return expected.model_validate(value.model_dump())
-        if isinstance(value, str | bytes):
-            return expected.model_validate_json(value)
-        return expected.model_validate(value)
+        if type(value) is expected:
+            validated = value
+        elif isinstance(value, BaseModel):
+            validated = expected.model_validate(value.model_dump())
+        elif isinstance(value, str | bytes):
+            validated = expected.model_validate_json(value)
+        else:
+            validated = expected.model_validate(value)
+        validated.model_dump_json()  # refuses text that cannot be stored (lone surrogates)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        lines = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in errors)
         raise InputValidationError(
-            f"input for {flow.name!r} does not fit {expected.__name__}: {lines}",
+            f"input for {flow.name!r} does not fit {expected.__name__}: "
+            + "; ".join(error_lines(exc)),
             errors=json.loads(json.dumps(errors, default=str)),
         ) from exc
+    except UnicodeEncodeError as exc:
+        raise InputValidationError(
+            f"input for {flow.name!r} holds text that is not valid Unicode ({exc.reason}): "
+            f"{exc.object[exc.start : exc.end]!r}",
+            errors=[{"msg": str(exc)}],
+        ) from exc
+    return validated
 
 
-async def execute(
+async def drive(
     flow: Step[Any, Out],
     validated: BaseModel,
     state: RunState,
     intent: Intent | None,
+    first: tuple[str, dict[str, Any]],
     journal_name: str | None = None,
+    deadline: float | None = None,
 ) -> RunResult[Out]:
-    """Drive the root step in a prepared RunState; journal its end however it ends."""
-    root = TraceNode(name=flow.name, kind=flow.kind, path=flow.name, identity=flow.identity)
-    ctx = RunContext(state, flow.name, root, flow)
+    """Drive the root step in a prepared RunState; record its end however it ends."""
+    if state.swaps and flow.name in state.swaps:  # a what-if may swap the root itself
+        flow = state.swaps[flow.name]
+        state.live_paths.add(flow.name)
+    ctx = RunContext(state, flow.name, flow)
+    ctx.emit(*first)
     sink = state.sink
+    heartbeat = asyncio.ensure_future(_heartbeat(sink)) if sink is not None else None
+    if deadline is not None:
+        state.deadline = time.monotonic() + deadline
     try:
-        output = await invoke_traced(flow, validated, ctx, None)
-    except BaseException as exc:
-        if sink is not None:
-            sink.emit(
-                "run.failed",
-                flow.name,
-                {
-                    "type": type(exc).__name__,
-                    "message": str(exc),
-                    "step_path": getattr(exc, "step_path", None),
-                    "usage": state.usage.model_dump(),
-                },
-            )
-            sink.flush()
-        if isinstance(exc, RunError):
-            exc.run_id = state.run_id
-            exc.partial = root
-        raise
-    if sink is not None:
-        from ..journal.events import canonical_json, digest
-
-        dumped = output.model_dump(mode="json")
-        sink.emit(
-            "run.finished",
-            flow.name,
+        async with asyncio.timeout(deadline):
+            output = await invoke_traced(flow, validated, ctx, None)
+    except Suspend as suspended:
+        waiting = [suspended.key]
+        _finish(ctx, state, "run.suspended", {"waiting": waiting}, "waiting")
+        error = RunWaiting(
+            f"run {state.run_id!r} is waiting for {', '.join(waiting)}: record a result, "
+            "then resume it",
+            waiting=waiting,
+        )
+        _attach(error, state)
+        raise error from None
+    except BaseException as caught:
+        exc = caught
+        if isinstance(caught, TimeoutError) and deadline is not None:
+            exc = DeadlineExceeded(f"the run's deadline of {deadline:g} s passed")
+        elif isinstance(caught, Exception) and not isinstance(caught, TypedMeshError):
+            exc = StepFailed.wrap(caught, step_path=flow.name)
+        _finish(
+            ctx,
+            state,
+            "run.failed",
             {
-                "output": dumped,
-                "output_digest": digest(canonical_json(dumped)),
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "step_path": getattr(exc, "step_path", None),
                 "usage": state.usage.model_dump(),
             },
+            "failed",
         )
-        sink.flush()
+        if isinstance(exc, RunError):
+            _attach(exc, state)
+        if exc is caught:
+            raise
+        raise exc from caught
+    finally:
+        if heartbeat is not None:
+            heartbeat.cancel()
+    dumped = output.model_dump(mode="json")
+    _finish(
+        ctx,
+        state,
+        "run.finished",
+        {
+            "output": dumped,
+            "output_digest": digest(canonical_json(dumped)),
+            "usage": state.usage.model_dump(),
+        },
+        "finished",
+    )
+    root = state.reducer.root
+    assert root is not None
     return RunResult(
         output=output,
         run_id=state.run_id,
@@ -130,6 +196,39 @@ async def execute(
     )
 
 
+def _attach(exc: RunError, state: RunState) -> None:
+    exc.run_id = state.run_id
+    exc.partial = state.reducer.root
+
+
+def _finish(
+    ctx: RunContext, state: RunState, type: str, payload: dict[str, Any], status: str
+) -> None:
+    """Record the run's end and give up its lease; a fenced-out writer records nothing."""
+    sink = state.sink
+    if sink is not None and sink.lost is not None:
+        return
+    ctx.emit(type, payload)
+    if sink is not None:
+        with contextlib.suppress(TypedMeshError):
+            sink.flush()
+            sink.release(status)
+
+
+async def _heartbeat(sink: JournalSink | None) -> None:
+    """Keep the lease alive while the run waits on slow calls."""
+    if sink is None:
+        return
+    interval = max(sink.ttl / 3, 0.05)
+    while True:
+        await asyncio.sleep(interval)
+        if time.monotonic() - sink.last_append >= interval:
+            try:
+                sink.heartbeat()
+            except TypedMeshError:
+                return  # the next commit or live effect raises LeaseLost
+
+
 async def arun(
     flow: Step[In, Out],
     input: In | dict[str, Any] | str,
@@ -139,18 +238,30 @@ async def arun(
     budget: Budget | None = None,
     grant: Iterable[str] | None = None,
     journal: str | Path | Journal | None = None,
+    deadline: float | None = None,
+    durability: Durability = "normal",
+    executor: Executor | None = None,
+    subscribers: Sequence[EventSink] = (),
+    target: str | None = None,
+    lease_ttl: float = DEFAULT_LEASE_TTL,
 ) -> RunResult[Out]:
     """Run ``flow`` on ``input`` and return its typed result.
 
     ``intent`` reaches every agent's prompt and every evaluator; ``budget``
-    caps tokens, dollars and model calls; ``grant`` narrows the scopes every
-    step may use (None: each step's own scopes). ``journal`` (a SQLite path or
-    a Journal) records every boundary crossing so the run can be resumed,
-    replayed and verified. On failure the ``RunError`` carries ``run_id`` and
+    caps tokens, dollars, model calls and plan steps; ``grant`` narrows the
+    scopes every step may use (None: each step's own scopes); ``deadline``
+    (seconds) stops the run. ``journal`` (a SQLite path or a Journal)
+    records every boundary crossing so the run can be resumed, replayed and
+    verified; ``durability`` is its fsync level (see ``docs/durability.md``).
+    ``subscribers`` receive every event as it is made; ``target`` (e.g.
+    ``"examples/bull_bear.py:flow"``) is recorded so ``typedmesh resume`` can
+    find the flow again. On failure the ``RunError`` carries ``run_id`` and
     ``partial`` (the trace so far, with the output of every finished step).
     """
     if not isinstance(flow, Step):
         raise ConfigurationError(f"run() needs a Step, got {type(flow).__name__}")
+    if deadline is not None and deadline <= 0:
+        raise ConfigurationError(f"deadline must be > 0 seconds, got {deadline}")
     validated = coerce_input(flow, input)
     state = RunState(
         run_id=run_id or uuid.uuid4().hex,
@@ -158,48 +269,51 @@ async def arun(
         budget=budget,
         grant=None if grant is None else frozenset(grant),
     )
+    if executor is not None:
+        state.executor = executor
+    state.log.sinks.extend(subscribers)
+    started = run_started_payload(flow, validated, state, target)
     if journal is None:
-        return await execute(flow, validated, state, intent)
+        return await drive(flow, validated, state, intent, ("run.started", started), None, deadline)
     from ..journal import open_journal
-    from ..journal.writer import RunWriter
-    from .durable import JournalEffects
 
-    store = open_journal(journal)
-    try:
-        if run_id is not None and store.exists(run_id):
-            raise ConfigurationError(
-                f"run {run_id!r} is already in the journal: resume or replay it, "
-                "or start a new run id"
-            )
-        writer = RunWriter(store, state.run_id)
-        state.sink = writer
-        state.effects = JournalEffects(writer, store)
-        writer.emit("run.started", flow.name, run_started_payload(flow, validated, state))
-        return await execute(flow, validated, state, intent, journal_label(journal))
-    finally:
-        if store is not journal:
-            store.close()
+    store = open_journal(journal, durability=durability)
+    lease = store.create_run(state.run_id, new_owner(), flow=flow.name, ttl=lease_ttl)
+    attach_journal(state, store, JournalSink(store, lease, ttl=lease_ttl))
+    return await drive(
+        flow,
+        validated,
+        state,
+        intent,
+        ("run.started", started),
+        journal_label(journal),
+        deadline,
+    )
+
+
+def attach_journal(state: RunState, store: Journal, sink: JournalSink) -> None:
+    state.journal = store
+    state.sink = sink
+    state.reducer.journal = store
+    state.effects.journal = store
+    state.log.sinks.append(sink)
 
 
 def run_started_payload(
-    flow: Step[Any, Any], validated: BaseModel, state: RunState
+    flow: Step[Any, Any], validated: BaseModel, state: RunState, target: str | None = None
 ) -> dict[str, Any]:
-    """What resume needs to run the flow again: its input and the run's settings."""
+    """What resume needs to run the flow again: its input, its target and the settings."""
     from .. import __version__
 
     budget = state.budget
     return {
         "flow": flow.name,
         "kind": flow.kind,
+        "target": target,
+        "cwd": os.getcwd() if target else None,
         "input": validated.model_dump(mode="json"),
         "intent": state.intent.model_dump(mode="json") if state.intent else None,
-        "budget": None
-        if budget is None
-        else {
-            "max_tokens": budget.max_tokens,
-            "max_cost_usd": budget.max_cost_usd,
-            "max_model_calls": budget.max_model_calls,
-        },
+        "budget": None if budget is None else budget.to_dict(),
         "grant": None if state.grant is None else sorted(state.grant),
         "typedmesh": __version__,
     }
@@ -233,8 +347,26 @@ def run(
     budget: Budget | None = None,
     grant: Iterable[str] | None = None,
     journal: str | Path | Journal | None = None,
+    deadline: float | None = None,
+    durability: Durability = "normal",
+    executor: Executor | None = None,
+    subscribers: Sequence[EventSink] = (),
+    target: str | None = None,
 ) -> RunResult[Out]:
     """Synchronous twin of ``arun``, for scripts; inside an event loop use ``arun``."""
     return run_sync(
-        arun(flow, input, intent=intent, run_id=run_id, budget=budget, grant=grant, journal=journal)
+        arun(
+            flow,
+            input,
+            intent=intent,
+            run_id=run_id,
+            budget=budget,
+            grant=grant,
+            journal=journal,
+            deadline=deadline,
+            durability=durability,
+            executor=executor,
+            subscribers=subscribers,
+            target=target,
+        )
     )

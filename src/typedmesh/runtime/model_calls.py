@@ -1,0 +1,104 @@
+"""Model calls: keyed when made, budget-reserved, retried with timer backoff, priced.
+
+The effect key of a call is taken before anything awaits, and its retries
+take derived keys (``model#0.2``), so keys follow the code, not the order in
+which concurrent calls happen to fail. Backoff is a timer effect: a replay
+does not sleep. Cost is priced by the *requested* model (the name the price
+table knows); the name the server says served it is recorded beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import BudgetExceeded, ModelError, TransientModelError, TypedMeshError
+from ..models.base import Model, ModelRequest, ModelResponse
+from ..models.pricing import cost_of
+from .budget import Reservation
+from .kinds import MODEL, RequestRecord
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .context import RunContext, RunState
+
+__all__ = ["MAX_TOKENS_PER_CALL", "call_model"]
+
+MAX_TOKENS_PER_CALL = 50_000_000
+"""Usage above this in one response is not believed: the provider (or a fake) is lying."""
+
+
+async def call_model(
+    ctx: RunContext, run: RunState, model: Model, request: ModelRequest, retry: RetryPolicy
+) -> ModelResponse:
+    base = ctx.effect_key("model")  # taken now: retries derive from it, whatever the order
+    meta = {"model": model.name, "provider": model.provider}
+    attempt = 0
+    while True:
+        attempt += 1
+        key = base if attempt == 1 else f"{base}.{attempt}"
+        held: list[Reservation] = []
+
+        def admit(record: RequestRecord, held: list[Reservation] = held) -> None:
+            _check_deadline(run, key)
+            tracker = run.tracker
+            if tracker is None:
+                return
+            try:
+                held.append(tracker.reserve(model.name, len(record.text), request.max_tokens))
+            except BudgetExceeded as exc:
+                ctx.record("budget.exceeded", limit=exc.limit, value=exc.value, spent=exc.spent)
+                raise
+
+        try:
+            response: ModelResponse = await run.effects.perform(
+                ctx, MODEL, key, request, lambda: _generate(model, request), meta=meta, admit=admit
+            )
+        except Exception as exc:
+            if retry.should_retry(exc, attempt):
+                delay = retry.delay(attempt, exc)
+                ctx.record(
+                    "model.retry",
+                    key=key,
+                    attempt=attempt,
+                    error=f"{type(exc).__name__}: {exc}",
+                    delay_s=delay,
+                )
+                await ctx.sleep(delay, key=f"{base}.backoff{attempt}")
+                continue
+            raise
+        finally:
+            if held and run.tracker is not None:
+                run.tracker.release(held[0])
+        return response
+
+
+def _check_deadline(run: RunState, key: str) -> None:
+    if run.deadline is not None and time.monotonic() >= run.deadline:
+        from ..errors import DeadlineExceeded
+
+        raise DeadlineExceeded(f"the run's deadline passed before {key} could start")
+
+
+async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
+    try:
+        response = await model.generate(request)
+    except TypedMeshError:
+        raise
+    except TimeoutError as exc:
+        raise TransientModelError(f"model {model.name!r} timed out") from exc
+    except Exception as exc:
+        raise ModelError(f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from exc
+    usage = response.usage
+    for name in ("input_tokens", "output_tokens"):
+        value = getattr(usage, name)
+        if not isinstance(value, int) or value < 0 or value > MAX_TOKENS_PER_CALL:
+            raise ModelError(
+                f"model {model.name!r} reported impossible usage: {name}={value!r}; "
+                "the response is not used"
+            )
+    fields = usage.__dict__  # plain counters: skip pydantic's validating setattr
+    # priced by the model we asked for: a server naming itself "free" changes nothing
+    fields["cost_usd"] = cost_of(model.name, usage.input_tokens, usage.output_tokens)
+    fields["model_calls"] = 1
+    return response

@@ -1,0 +1,19 @@
+"""One formatter for pydantic validation errors: ``path: message`` lines.
+
+Used wherever a validation failure is shown to a user or told to a model
+(run input, model output, tool arguments, handoffs, restored outputs).
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+__all__ = ["error_lines"]
+
+
+def error_lines(exc: ValidationError) -> list[str]:
+    """Each error as ``dotted.path: message`` (``(root)`` for the whole value)."""
+    return [
+        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    ]
