@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib
 import math
 import os
 import threading
@@ -56,6 +58,7 @@ __all__ = [
     "map_sdk_error",
     "parse_retry_after",
     "set_default_timeout",
+    "shared_ssl_context",
 ]
 
 LOOPBACK_KEY = "not-needed"
@@ -115,6 +118,23 @@ def default_timeout() -> float:
 
 
 # -- clients, one per event loop --------------------------------------------------
+
+
+@functools.cache
+def shared_ssl_context() -> Any:
+    """The TLS context every client of this process shares.
+
+    Building one loads the CA bundle (tens of milliseconds), and a client per
+    event loop would pay that on every ``tm.run``. It is the context the SDKs'
+    HTTP library builds by default, made once.
+    """
+    for name in ("httpx2", "httpx"):  # whichever HTTP library the SDKs run on
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        return module.create_ssl_context()
+    return True  # let the SDK build its own
 
 
 class _Closer:

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, MissingExtraError, ModelError
 from . import check_network_allowed
-from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error
+from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error, shared_ssl_context
 from .base import Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 __all__ = ["AnthropicModel"]
@@ -77,9 +77,16 @@ class AnthropicModel(SDKModel):
         if api_key is None and not os.environ.get("ANTHROPIC_AUTH_TOKEN") and is_loopback(base_url):
             api_key = LOOPBACK_KEY
         # api_key=None lets the SDK find other credentials (auth token, profiles).
+        timeout = self.timeout
         try:
             client = anthropic.AsyncAnthropic(
-                base_url=base_url, api_key=api_key, timeout=self.timeout, max_retries=0
+                base_url=base_url,
+                api_key=api_key,
+                timeout=timeout,
+                max_retries=0,
+                http_client=anthropic.DefaultAsyncHttpxClient(
+                    verify=shared_ssl_context(), timeout=timeout
+                ),
             )
         except anthropic.AnthropicError as exc:  # e.g. a broken credentials profile
             raise ConfigurationError(f"AnthropicModel({name!r}): {exc}") from exc

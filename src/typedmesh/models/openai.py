@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, MissingExtraError, ModelError
 from . import check_network_allowed
-from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error
+from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error, shared_ssl_context
 from .base import Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 __all__ = ["OpenAIModel"]
@@ -67,9 +67,16 @@ class OpenAIModel(SDKModel):
         api_key = self._api_key_arg or os.environ.get("OPENAI_API_KEY") or None
         if api_key is None and is_loopback(base_url):
             api_key = LOOPBACK_KEY
+        timeout = self.timeout
         try:
             return openai.AsyncOpenAI(
-                base_url=base_url, api_key=api_key, timeout=self.timeout, max_retries=0
+                base_url=base_url,
+                api_key=api_key,
+                timeout=timeout,
+                max_retries=0,
+                http_client=openai.DefaultAsyncHttpxClient(
+                    verify=shared_ssl_context(), timeout=timeout
+                ),
             )
         except openai.OpenAIError as exc:  # e.g. no API key for a hosted endpoint
             raise ConfigurationError(f"OpenAIModel({self.name!r}): {exc}") from exc
