@@ -299,10 +299,15 @@ async def test_pure_tool_turn_has_no_empty_text_block(
 
 
 async def test_refusal_is_a_model_error(model: AnthropicModel, server: FakeProviderServer) -> None:
-    server.queue(anthropic_message("", stop_reason="refusal"))
+    server.queue(anthropic_message("", stop_reason="refusal", input_tokens=40, output_tokens=2))
 
-    with pytest.raises(ModelError, match="refused"):
+    with pytest.raises(ModelError, match="refused") as caught:
         await model.generate(ask())
+
+    error = caught.value
+    assert not isinstance(error, TransientModelError)
+    assert (error.status, error.error_type, error.provider) == (200, "refusal", "anthropic")
+    assert (error.usage.input_tokens, error.usage.output_tokens) == (40, 2)  # billed all the same
 
 
 @pytest.mark.parametrize(
@@ -327,6 +332,8 @@ async def test_retryable_statuses_are_transient_and_not_retried_by_the_sdk(
         await model.generate(ask())
 
     assert isinstance(caught.value.__cause__, sdk_error)
+    assert (caught.value.status, caught.value.error_type) == (status, error_type)
+    assert caught.value.provider == "anthropic"
     assert len(server.requests) == 1  # max_retries=0: typedmesh's RetryPolicy retries
 
 
@@ -342,6 +349,8 @@ async def test_client_errors_are_permanent(
     assert not isinstance(caught.value, TransientModelError)
     assert isinstance(caught.value.__cause__, anthropic.APIStatusError)
     assert caught.value.__cause__.status_code == status
+    assert (caught.value.status, caught.value.error_type) == (status, "invalid_request_error")
+    assert caught.value.provider == "anthropic"
     assert len(server.requests) == 1
 
 

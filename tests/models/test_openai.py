@@ -247,8 +247,26 @@ async def test_refusal_is_a_model_error(model: OpenAIModel, server: FakeProvider
     body["choices"][0]["message"]["refusal"] = "I can't help with that."
     server.queue(body)
 
-    with pytest.raises(ModelError, match="can't help"):
+    with pytest.raises(ModelError, match="can't help") as caught:
         await model.generate(ask(output_schema=Report.model_json_schema()))
+
+    error = caught.value
+    assert not isinstance(error, TransientModelError)
+    assert (error.status, error.error_type, error.provider) == (200, "refusal", "openai")
+    assert (error.usage.input_tokens, error.usage.output_tokens) == (11, 7)  # billed all the same
+
+
+async def test_no_choices_is_a_model_error_with_the_usage(
+    model: OpenAIModel, server: FakeProviderServer
+) -> None:
+    body = openai_completion("unused", prompt_tokens=30, completion_tokens=0)
+    body["choices"] = []
+    server.queue(body)
+
+    with pytest.raises(ModelError, match="no choices") as caught:
+        await model.generate(ask())
+
+    assert caught.value.usage.input_tokens == 30
 
 
 @pytest.mark.parametrize(
@@ -269,6 +287,9 @@ async def test_retryable_statuses_are_transient_and_not_retried_by_the_sdk(
         await model.generate(ask())
 
     assert isinstance(caught.value.__cause__, sdk_error)
+    assert (caught.value.status, caught.value.error_type) == (status, "server_error")
+    assert caught.value.provider == "openai"
+    assert caught.value.retry_after is None  # the server did not say
     assert len(server.requests) == 1  # max_retries=0: typedmesh's RetryPolicy retries
 
 
@@ -284,6 +305,8 @@ async def test_client_errors_are_permanent(
     assert not isinstance(caught.value, TransientModelError)
     assert isinstance(caught.value.__cause__, openai.APIStatusError)
     assert caught.value.__cause__.status_code == status
+    assert (caught.value.status, caught.value.error_type) == (status, "invalid_request_error")
+    assert caught.value.provider == "openai"
     assert len(server.requests) == 1
 
 
@@ -296,6 +319,7 @@ async def test_connection_refused_is_transient() -> None:
         with pytest.raises(TransientModelError) as caught:
             await m.generate(ask())
         assert isinstance(caught.value.__cause__, openai.APIConnectionError)
+        assert (caught.value.status, caught.value.error_type) == (None, "connection_error")
     finally:
         await m.aclose()
 

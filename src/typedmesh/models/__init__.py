@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from ..errors import ConfigurationError, ModelError
-from ._sdk import is_loopback
+from ._sdk import default_timeout, is_loopback, set_default_timeout
 from .base import Message, Model, ModelRequest, ModelResponse, ToolCall, ToolSchema, Usage
 
 __all__ = [
@@ -23,8 +23,10 @@ __all__ = [
     "ToolSchema",
     "Usage",
     "check_network_allowed",
+    "default_timeout",
     "model_from_env",
     "resolve_model",
+    "set_default_timeout",
 ]
 
 ALLOW_NETWORK: bool = os.environ.get("TYPEDMESH_ALLOW_NETWORK", "1") != "0"
@@ -59,7 +61,9 @@ def resolve_model(model: str | Model, **options: Any) -> Model:
 
     Providers: ``openai:NAME`` (any OpenAI-compatible server through
     ``OPENAI_BASE_URL``), ``anthropic:NAME``, and ``schema`` / ``schema:SEED``
-    for the offline SchemaModel.
+    for the offline SchemaModel. ``options`` go to the provider, e.g.
+    ``resolve_model("openai:gpt-4o", timeout=20)``; a model without ``timeout``
+    follows ``set_default_timeout()`` / ``TYPEDMESH_MODEL_TIMEOUT``.
     """
     if not isinstance(model, str):
         return model
