@@ -33,6 +33,11 @@ FLOW = textwrap.dedent("""
     broken = tm.Agent("broken", input=Question, output=Answer,
                       model=tm.ScriptedModel(lambda r: "not json"))
     not_a_step = 42
+
+    @tm.step
+    def timeout_probe(q: Question) -> Answer:
+        from typedmesh.models import default_timeout
+        return Answer(answer=str(default_timeout()), confidence=1.0)
 """)
 
 
@@ -116,3 +121,24 @@ def test_bad_targets_are_usage_errors(flow_file: Path) -> None:
     assert typedmesh("run", f"{flow_file}:missing", "--input", "{}").returncode == 2
     assert typedmesh("run", "no_colon", "--input", "{}").returncode == 2
     assert typedmesh("run", f"{flow_file}:flow", "--input", "{not json").returncode == 2
+
+
+def test_model_timeout_sets_the_default_of_every_provider_model(flow_file: Path) -> None:
+    target = f"{flow_file}:timeout_probe"
+    done = typedmesh("run", target, "--input", '{"text": "q"}', "--json", "--model-timeout", "7.5")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["output"]["answer"] == "7.5"
+    default = typedmesh("run", target, "--input", '{"text": "q"}', "--json", "--no-journal")
+    assert json.loads(default.stdout)["output"]["answer"] == "60.0"
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
+def test_model_timeout_must_be_a_positive_number(flow_file: Path, seconds: str) -> None:
+    for command in (
+        ("run", f"{flow_file}:flow", "--input", '{"text": "q"}'),
+        ("resume", "some-run"),
+    ):
+        done = typedmesh(*command, "--model-timeout", seconds)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("error: --model-timeout must be a positive number")
+        assert "Traceback" not in done.stderr

@@ -246,6 +246,7 @@ def test_a_plain_exception_in_a_user_step_exits_1_with_run_id_and_partial_trace(
     assert "answerer@1.4.0" in done.stderr and "ok" in done.stderr  # the partial trace
     assert "explode" in done.stderr and "failed" in done.stderr
     assert "run id: boom-1" in done.stderr
+    assert "raised at qa_flow.py:" in done.stderr  # the one frame worth showing
 
 
 def test_a_plain_exception_in_a_user_step_with_json(workdir: Path) -> None:

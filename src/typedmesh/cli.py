@@ -24,6 +24,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -50,6 +51,7 @@ from .errors import (
     JournalError,
     NonDeterminismError,
     RunError,
+    StepFailed,
     TypedMeshError,
     UserError,
 )
@@ -75,6 +77,15 @@ RunIdArg = Annotated[str, typer.Argument(help="the run id (see `typedmesh runs`)
 FlowOpt = Annotated[
     str | None,
     typer.Option("--flow", help="the flow as MODULE:ATTR (default: the one `run` recorded)"),
+]
+ModelTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--model-timeout",
+        metavar="SECONDS",
+        help="timeout of each provider model request not given its own "
+        "(default: $TYPEDMESH_MODEL_TIMEOUT, else 60)",
+    ),
 ]
 
 
@@ -262,6 +273,19 @@ def _budget_arg(
     return Budget(max_tokens=max_tokens, max_cost_usd=max_cost, max_model_calls=max_model_calls)
 
 
+def _model_timeout_arg(seconds: float | None) -> None:
+    """``--model-timeout``: the timeout of every provider model not given its own."""
+    if seconds is None:
+        return
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise CommandLineError(
+            f"--model-timeout must be a positive number of seconds, got {seconds}"
+        )
+    from .models import set_default_timeout
+
+    set_default_timeout(seconds)
+
+
 def _headline(exc: BaseException) -> str:
     """The line naming what went wrong; details (problems, a diff) follow it."""
     if isinstance(exc, CommandLineError):
@@ -297,6 +321,13 @@ def _fail(
                 document[field] = getattr(exc, field)
         print(json.dumps(document, default=str))
     else:
+        cause = exc.__cause__ if isinstance(exc, StepFailed) else None
+        if cause is not None:  # where the user's code raised: the one frame worth showing
+            if os.environ.get("TYPEDMESH_TRACEBACK"):
+                traceback.print_exception(cause)
+            where = _where(cause)
+            if where:
+                footer = f"raised at {where}" + (f"\n{footer}" if footer else "")
         errors.print(f"[red bold]error[/]: {escape(_headline(exc))}", soft_wrap=True)
         if partial is not None:
             from .render import trace_tree
@@ -403,10 +434,12 @@ def run_command(
     run_id: Annotated[str | None, typer.Option(help="the run id (default: random)")] = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     no_journal: Annotated[bool, typer.Option("--no-journal", help="do not journal")] = False,
+    model_timeout: ModelTimeoutOpt = None,
 ) -> None:
     """Run a flow on an input; journal it; print its output, trace tree, usage and cost."""
     with _user_errors(as_json):
         budget = _budget_arg(max_tokens, max_cost, max_model_calls)
+        _model_timeout_arg(model_timeout)
         data = _json_arg(input, "--input")
         run_intent = _intent_arg(intent)
         flow = load_step(target)
@@ -608,6 +641,7 @@ def resume_command(
         bool, typer.Option("--skip-in-doubt", help="skip a tool call in doubt")
     ] = False,
     as_json: JsonOpt = False,
+    model_timeout: ModelTimeoutOpt = None,
 ) -> None:
     """Continue a run from its journal without repeating any journaled effect."""
     from .runtime.reducer import reduce_events
@@ -616,6 +650,7 @@ def resume_command(
     with _user_errors(as_json):
         if retry_in_doubt and skip_in_doubt:
             raise CommandLineError("--retry-in-doubt and --skip-in-doubt exclude each other")
+        _model_timeout_arg(model_timeout)
     policy: InDoubtPolicy = "retry" if retry_in_doubt else "skip" if skip_in_doubt else "fail"
     with _journal(journal, as_json) as store:
         finished = store.read(run_id)[-1].type == "run.finished"
