@@ -15,9 +15,9 @@ from .writer import EventLog, EventSink, JournalSink
 __all__ = [
     "DEFAULT_JOURNAL",
     "DEFAULT_LEASE_TTL",
-    "Durability",
     "JOURNAL_SCHEMA_VERSION",
     "SCHEMA_VERSION_SUMMARIES",
+    "Durability",
     "Event",
     "EventLog",
     "EventSink",

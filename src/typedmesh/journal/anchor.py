@@ -37,6 +37,6 @@ def signature_ok(
     if key is None:
         return True
     expected = sign_head(key, run_id, seq, head_hash)
-    return signature is not None and expected is not None and hmac.compare_digest(
-        expected, signature
+    return (
+        signature is not None and expected is not None and hmac.compare_digest(expected, signature)
     )

@@ -214,12 +214,34 @@ class Journal(ABC):
         """Store a whole run as exported (golden journals, JSONL): anchored at ``head``.
 
         Without ``head`` (an export from before heads), the last event anchors it.
+        A head the events do not end at (a tail cut from the export) is refused
+        with ``JournalCorrupt``: stored, the run would look whole.
         """
-        if not events:
-            from ..errors import JournalCorrupt
+        from ..errors import JournalCorrupt
 
+        if not events:
             raise JournalCorrupt("nothing to import: the run has no events")
         run_id = events[0].run_id
+        if head is not None:
+            last = events[-1]
+            if head.run_id != run_id:
+                raise JournalCorrupt(
+                    f"the head is run {head.run_id!r} but the events are run {run_id!r}",
+                    run_id=run_id,
+                )
+            if head.seq != last.seq or head.hash != last.hash:
+                missing = head.seq - last.seq
+                raise JournalCorrupt(
+                    f"run {run_id!r}: the head is event {head.seq} but the events end at "
+                    f"{last.seq}: "
+                    + (
+                        f"{missing} event(s) were deleted from the tail"
+                        if missing > 0
+                        else "the head does not name the last event (altered)"
+                    ),
+                    run_id=run_id,
+                    seq=last.seq + 1,
+                )
         flow = str(events[0].payload.get("flow", "")) if events[0].type == "run.started" else ""
         lease = self.create_run(run_id, new_owner(), flow=flow, ttl=0.0)
         self._store_imported(lease, events, blobs, head)
@@ -243,28 +265,48 @@ def status_of(events: Sequence[Event]) -> str:
 
 
 def check_append(head: Head, lease: Lease, events: Sequence[Event]) -> None:
-    """Raise ``LeaseLost`` unless ``lease`` owns ``head``'s run and ``events`` continue it."""
+    """Raise ``LeaseLost`` unless ``lease`` owns ``head``'s run and ``events`` continue it.
+
+    The batch itself must be one run's consecutive, chained events: a lease on
+    one run never writes another run's events, and the head it moves to names
+    the batch's last event.
+    """
     if head.token != lease.token or head.owner != lease.owner:
+        now_held = "was released" if head.owner is None else f"is now owned by {head.owner!r}"
         raise LeaseLost(
-            f"run {lease.run_id!r} is now owned by {head.owner!r} (token {head.token}); "
-            f"this writer's lease (token {lease.token}) was taken over",
+            f"run {lease.run_id!r} {now_held} (token {head.token}); this writer's lease "
+            f"(owner {lease.owner!r}, token {lease.token}) is no longer the run's",
             run_id=lease.run_id,
         )
-    if events and events[0].seq != head.seq + 1:
+    if not events:
+        return
+    if events[0].seq != head.seq + 1:
         raise LeaseLost(
             f"run {lease.run_id!r} head is at seq {head.seq}; a batch starting at "
             f"{events[0].seq} does not continue it",
             run_id=lease.run_id,
         )
-    if events and head.seq >= 0 and events[0].prev_hash != head.hash:
+    if events[0].prev_hash != (head.hash if head.seq >= 0 else GENESIS_HASH):
+        where = "the head's hash" if head.seq >= 0 else "genesis (the run's first event)"
         raise LeaseLost(
-            f"run {lease.run_id!r}: the batch does not chain to the head's hash",
-            run_id=lease.run_id,
+            f"run {lease.run_id!r}: the batch does not chain to {where}", run_id=lease.run_id
         )
-    if events and head.seq < 0 and events[0].prev_hash != GENESIS_HASH:
-        raise LeaseLost(
-            f"run {lease.run_id!r}: the first event must chain to genesis", run_id=lease.run_id
-        )
+    previous: Event | None = None
+    for event in events:
+        if event.run_id != lease.run_id:
+            raise LeaseLost(
+                f"a lease on run {lease.run_id!r} cannot append an event of run {event.run_id!r}",
+                run_id=lease.run_id,
+            )
+        if previous is not None and (
+            event.seq != previous.seq + 1 or event.prev_hash != previous.hash
+        ):
+            raise LeaseLost(
+                f"run {lease.run_id!r}: event {event.seq} of the batch does not follow "
+                f"event {previous.seq} (a batch is consecutive and chained)",
+                run_id=lease.run_id,
+            )
+        previous = event
 
 
 def check_acquire(head: Head, owner: str, now: float) -> None:

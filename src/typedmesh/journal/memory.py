@@ -6,6 +6,7 @@ an anchored head), so a test on memory tests the semantics users get on disk.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -29,6 +30,12 @@ from .events import GENESIS_HASH, Event
 __all__ = ["MemoryJournal"]
 
 
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored event's record: texts and numbers, ``refs`` copied (never shared with a caller)."""
+    refs = row["refs"]
+    return row if refs is None else {**row, "refs": json.loads(json.dumps(refs))}
+
+
 class MemoryJournal(Journal):
     """Keeps copies of events, so mutating an Event after write or read changes nothing."""
 
@@ -36,6 +43,7 @@ class MemoryJournal(Journal):
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._heads: dict[str, Head] = {}
         self._created: dict[str, str] = {}
+        self._updated: dict[str, str] = {}
         self._blobs: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
@@ -93,13 +101,15 @@ class MemoryJournal(Journal):
             self._blobs.update(blobs)
             rows = self._events[lease.run_id]
             # the record holds only strings and numbers: later mutation of the Event is moot
-            rows.extend(event.to_dict() for event in events)
+            rows.extend(_record(event.to_dict()) for event in events)
             expires = now() + ttl
             if events:
                 last = events[-1]
                 head = replace(head, seq=last.seq, hash=last.hash, signature=signature)
             if events and events[0].seq == 0:
                 self._created[lease.run_id] = events[0].ts
+            if events:
+                self._updated[lease.run_id] = events[-1].ts
             self._heads[lease.run_id] = replace(head, expires_at=expires)
             return replace(lease, expires_at=expires)
 
@@ -118,13 +128,15 @@ class MemoryJournal(Journal):
             rows = list(self._events.get(run_id) or ())
         if not rows:
             raise RunNotFound(f"no run {run_id!r} in this journal", run_id=run_id)
-        return [Event.from_dict(row) for row in rows]  # decoded afresh for each reader
+        # decoded afresh for each reader; refs copied, as a database would
+        return [Event.from_dict(_record(row)) for row in rows]
 
     def blob(self, digest: str) -> bytes:
-        try:
-            return self._blobs[digest]
-        except KeyError:
-            raise JournalCorrupt(f"blob {digest} is missing") from None
+        with self._lock:
+            data = self._blobs.get(digest)
+        if data is None:
+            raise JournalCorrupt(f"blob {digest} is missing")
+        return data
 
     def runs(self) -> list[RunInfo]:
         infos = []
@@ -132,15 +144,14 @@ class MemoryJournal(Journal):
         with self._lock:
             items = [(h, list(self._events[h.run_id])) for h in self._heads.values()]
         for head, rows in items:
-            if not rows:
+            if head.seq < 0:  # registered, nothing appended yet (as SQLite lists them)
                 continue
             status = head.status
             if status == "running" and not lease_live(head.owner, head.expires_at, t):
                 status = "incomplete"
-            ended = rows[-1]["ts"] if status in ("finished", "failed") else None
-            infos.append(
-                RunInfo(head.run_id, head.flow, status, rows[0]["ts"], ended, len(rows))
-            )
+            ended = self._updated.get(head.run_id) if status in ("finished", "failed") else None
+            started = self._created.get(head.run_id, "")
+            infos.append(RunInfo(head.run_id, head.flow, status, started, ended, len(rows)))
         return sorted(infos, key=lambda r: r.started_at, reverse=True)
 
     # -- test hooks: what an attacker with access to the storage can do ------------

@@ -126,7 +126,11 @@ class SQLiteJournal(Journal):
             exists = db.execute(
                 "SELECT 1 FROM sqlite_master WHERE name='typedmesh_migrations'"
             ).fetchone()
-            current = db.execute("SELECT MAX(version) FROM typedmesh_migrations").fetchone()[0] if exists else 0
+            current = (
+                db.execute("SELECT MAX(version) FROM typedmesh_migrations").fetchone()[0]
+                if exists
+                else 0
+            )
             self._check_version(current or 0)
             if (current or 0) < len(MIGRATIONS):
                 raise JournalError(

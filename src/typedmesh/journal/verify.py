@@ -46,7 +46,9 @@ def verify_events(
     prev = GENESIS_HASH
     for expected_seq, event in enumerate(events):
         reason = ""
-        if event.seq != expected_seq:
+        if event.run_id != run_id:
+            reason = f"the event belongs to run {event.run_id!r}, not {run_id!r}"
+        elif event.seq != expected_seq:
             reason = f"sequence gap: expected seq {expected_seq}, found {event.seq}"
         elif event.prev_hash != prev:
             reason = "prev_hash does not match the previous event's hash"
@@ -62,10 +64,9 @@ def verify_events(
     last_seq = events[-1].seq if events else -1
     if head.seq != last_seq or head.hash != (events[-1].hash if events else GENESIS_HASH):
         missing = head.seq - last_seq
-        reason = (
-            f"the journal's head is event {head.seq} but the events end at {last_seq}: "
-            + (f"{missing} event(s) were deleted from the tail" if missing > 0 else "altered")
-        )
+        damage = f"{missing} event(s) were deleted from the tail" if missing > 0 else "altered"
+        reason = f"the journal's head is event {head.seq} but the events end at {last_seq}: "
+        reason += damage
         return VerifyReport(run_id, len(events), False, last_seq + 1, "(head)", reason)
     if not signature_ok(key, run_id, head.seq, head.hash, head.signature):
         reason = (
@@ -95,7 +96,11 @@ def blob_refs(event: Event) -> dict[str, list[str]]:
 
 
 def _blob_problem(event: Event, journal: Journal) -> str:
-    for name, refs in blob_refs(event).items():
+    try:
+        named = blob_refs(event)
+    except (TypeError, IndexError, KeyError, AttributeError):
+        return f"malformed blob references: {event.refs!r}"
+    for name, refs in named.items():
         for ref in refs:
             try:
                 data = journal.blob(ref)

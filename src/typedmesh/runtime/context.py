@@ -325,9 +325,7 @@ class RunContext:
         async def wait() -> None:
             await asyncio.sleep(seconds)
 
-        await self._run.effects.perform(
-            self, TIMER, key or self.effect_key("timer"), seconds, wait
-        )
+        await self._run.effects.perform(self, TIMER, key or self.effect_key("timer"), seconds, wait)
 
 
 def _utc_now() -> datetime:

@@ -47,7 +47,7 @@ __all__ = ["Effects", "JournalIndex", "Mode", "Suspend", "index_events"]
 Mode = Literal["live", "resume", "replay", "whatif"]
 
 
-class Suspend(BaseException):  # noqa: N818 - a control-flow signal, not an error
+class Suspend(BaseException):
     """Raised through the run when an effect waits for a result that is not recorded yet."""
 
     def __init__(self, key: str) -> None:
@@ -89,7 +89,9 @@ def index_events(events: list[Event], journal: Journal) -> JournalIndex:
             return load_payload(event, journal, name)
 
         if phase == "value":
-            effects[key] = Recorded(kind, status="ok", value=kind.recorded_value(event.payload, load))
+            effects[key] = Recorded(
+                kind, status="ok", value=kind.recorded_value(event.payload, load)
+            )
         elif phase == "started":
             effects[key] = Recorded(
                 kind,

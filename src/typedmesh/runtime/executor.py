@@ -46,9 +46,7 @@ class AsyncioExecutor:
 
 def _first_failure(tasks: list[asyncio.Future[Any]]) -> BaseException | None:
     """The failure to report: a real error before a suspension, then call order."""
-    errors = [
-        t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()
-    ]
+    errors = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
     real = [e for e in errors if isinstance(e, Exception)]
     found = real or errors
     return found[0] if found else None

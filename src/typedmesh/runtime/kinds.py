@@ -254,7 +254,9 @@ class ToolKind(EffectKind):
             return "retry"
         if policy == "skip":
             ctx.record("tool.in_doubt", key=key, tool=tool, resolution="skipped")
-            raise SkipInDoubt(f"tool call {key} was in doubt and skipped by the operator", tool=tool)
+            raise SkipInDoubt(
+                f"tool call {key} was in doubt and skipped by the operator", tool=tool
+            )
         raise InDoubtError(key, tool=tool)
 
 
@@ -300,7 +302,8 @@ class TimerKind(EffectKind):
         delay = float(request)
         text = dumps({"delay_s": delay})
         wake = (datetime.now(UTC) + timedelta(seconds=delay)).isoformat()
-        return RequestRecord(text, digest(text), {"delay_s": delay, "wake_at": wake})
+        ref = digest(text)
+        return RequestRecord(text, ref, {"delay_s": delay, "wake_at": wake, "request_digest": ref})
 
     def record_result(self, result: Any) -> tuple[dict[str, Any], dict[str, str] | None]:
         return {}, None

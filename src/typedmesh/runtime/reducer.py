@@ -17,11 +17,9 @@ On a resumed run a step that is started again is the same node, started over.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
-
-from collections.abc import Mapping
 
 from ..contracts import AgentIdentity
 from ..journal.base import Journal

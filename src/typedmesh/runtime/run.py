@@ -331,11 +331,13 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
-    coro.close()
-    raise ConfigurationError(
-        "called inside an event loop: use the async twin (arun, aresume, areplay)"
-    )
+        pass  # no loop: ours to run
+    else:
+        coro.close()
+        raise ConfigurationError(
+            "called inside an event loop: use the async twin (arun, aresume, areplay)"
+        )
+    return asyncio.run(coro)
 
 
 def run(
