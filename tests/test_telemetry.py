@@ -11,8 +11,8 @@ import pytest
 from pydantic import BaseModel
 
 import typedmesh as tm
-from typedmesh.testing import crashed_copy
 from typedmesh.journal.events import Event
+from typedmesh.testing import crashed_copy
 
 otel_sdk = pytest.importorskip("opentelemetry.sdk.trace")
 

@@ -4,6 +4,7 @@ leases against zombies and twins, and a journal that grows linearly."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_a_run_without_a_journal_still_produces_its_events() -> None:
         "step.completed",
         "run.finished",
     ]
-    assert all(b.prev_hash == a.hash for a, b in zip(seen, seen[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(seen))
 
 
 def _shape(node: tm.TraceNode) -> Any:
@@ -187,7 +188,7 @@ def test_a_paused_zombie_is_fenced_before_its_side_effect(tmp_path: Path) -> Non
 
     @tm.step(name="slowpoke")
     async def slowpoke(q: Q, ctx: tm.RunContext) -> A:
-        time.sleep(0.6)  # paused: the loop (and its heartbeat) stands still
+        time.sleep(0.6)  # noqa: ASYNC251 - paused: the loop (and its heartbeat) stands still
         await ctx.call_tool(refund, order_id=q.q)
         return A(a="refunded")
 

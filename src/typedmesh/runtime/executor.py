@@ -44,7 +44,7 @@ class AsyncioExecutor:
         return [task.result() for task in tasks]
 
 
-def _first_failure(tasks: list[asyncio.Future[Any]]) -> BaseException | None:
+def _first_failure(tasks: Sequence[asyncio.Future[Any]]) -> BaseException | None:
     """The failure to report: a real error before a suspension, then call order."""
     errors = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
     real = [e for e in errors if isinstance(e, Exception)]
@@ -52,7 +52,7 @@ def _first_failure(tasks: list[asyncio.Future[Any]]) -> BaseException | None:
     return found[0] if found else None
 
 
-async def _cancel(tasks: list[asyncio.Future[Any]]) -> None:
+async def _cancel(tasks: Sequence[asyncio.Future[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
