@@ -76,6 +76,9 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+BUSY_TIMEOUT_MS = 5000
+"""How long a write waits for another connection's transaction before ``JournalError``."""
+
 _COLUMNS = (
     "run_id, seq, type, key, span_id, parent_span_id, path, agent, ts, payload, "
     "prev_hash, hash, schema_version, refs"
@@ -100,58 +103,82 @@ class SQLiteJournal(Journal):
         if durability not in _SYNCHRONOUS:
             raise JournalError(f"durability must be one of {sorted(_SYNCHRONOUS)}")
         self._lock = threading.RLock()
+        if not readonly:
+            if self.path.is_dir():
+                raise JournalError(f"{self.path} is a directory, not a journal file")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise JournalError(f"cannot create journal {self.path}: {exc}") from exc
+        db: sqlite3.Connection | None = None
         try:
             if readonly:
-                self._db = _connect_readonly(self.path)
+                db = self._db = _connect_readonly(self.path)
             else:
-                if self.path.is_dir():
-                    raise JournalError(f"{self.path} is a directory, not a journal file")
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise JournalError(f"cannot create journal {self.path}: {exc}") from exc
-                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                self._db.execute("PRAGMA busy_timeout=5000")
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.durability]}")
+                db = self._db = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                self._check_version(self._stored_version())  # before WAL touches the file
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.durability]}")
             self._migrate()
-        except sqlite3.OperationalError as exc:
-            raise JournalError(f"cannot open the journal at {self.path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise JournalCorrupt(f"{self.path} is not a readable typedmesh journal: {exc}") from exc
+        except BaseException as exc:
+            if db is not None:  # a refused file (newer schema, corrupt) keeps no connection
+                db.close()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise JournalError(
+                    f"cannot open the journal at {self.path}: {_explain(exc)}"
+                ) from exc
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise JournalCorrupt(
+                    f"{self.path} is not a readable typedmesh journal: {exc}"
+                ) from exc
+            raise
 
     def _migrate(self) -> None:
         db = self._db
         if self.readonly:
-            exists = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE name='typedmesh_migrations'"
-            ).fetchone()
-            current = (
-                db.execute("SELECT MAX(version) FROM typedmesh_migrations").fetchone()[0]
-                if exists
-                else 0
-            )
-            self._check_version(current or 0)
-            if (current or 0) < len(MIGRATIONS):
+            current = self._stored_version()
+            self._check_version(current)
+            if current < len(MIGRATIONS):
                 raise JournalError(
-                    f"{self.path} uses journal schema {current or 0}; open it writable once "
+                    f"{self.path} uses journal schema {current}; open it writable once "
                     f"to migrate it to {len(MIGRATIONS)}"
                 )
             return
-        db.execute("CREATE TABLE IF NOT EXISTS typedmesh_migrations (version INTEGER NOT NULL)")
-        current = db.execute("SELECT MAX(version) FROM typedmesh_migrations").fetchone()[0] or 0
+        current = self._stored_version()
         self._check_version(current)
-        for version in range(current + 1, len(MIGRATIONS) + 1):
-            db.execute("BEGIN IMMEDIATE")
-            try:
+        if current == len(MIGRATIONS):
+            return
+        # One process migrates. Another that opened the file at the same moment waits
+        # here for the write lock, then re-reads the version and finds nothing to do.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS typedmesh_migrations (version INTEGER NOT NULL)")
+            current = self._version()
+            self._check_version(current)
+            for version in range(current + 1, len(MIGRATIONS) + 1):
                 for statement in MIGRATIONS[version - 1].split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute("INSERT INTO typedmesh_migrations VALUES (?)", (version,))
-                db.execute("COMMIT")
-            except BaseException:
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
                 db.execute("ROLLBACK")
-                raise
+            raise
+
+    def _version(self) -> int:
+        row = self._db.execute("SELECT MAX(version) FROM typedmesh_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def _stored_version(self) -> int:
+        """The file's journal schema (0 for a new file), read without writing."""
+        exists = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name='typedmesh_migrations'"
+        ).fetchone()
+        return self._version() if exists else 0
 
     def _check_version(self, current: int) -> None:
         if current > len(MIGRATIONS) or current > JOURNAL_SCHEMA_VERSION:
@@ -178,8 +205,24 @@ class SQLiteJournal(Journal):
                     raise
             except sqlite3.OperationalError as exc:
                 raise JournalError(f"cannot {what} in {self.path}: {_explain(exc)}") from exc
+            except sqlite3.ProgrammingError as exc:  # used after close()
+                raise JournalError(f"cannot {what} in {self.path}: {exc}") from exc
             except sqlite3.DatabaseError as exc:
                 raise JournalCorrupt(f"cannot {what} in {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _reading(self, what: str, run_id: str | None = None) -> Iterator[sqlite3.Connection]:
+        """A read under the lock: a locked or closed file is a ``JournalError``, a damaged
+        one ``JournalCorrupt``; never a raw sqlite3 error."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.OperationalError as exc:
+                raise JournalError(f"cannot {what} in {self.path}: {_explain(exc)}") from exc
+            except sqlite3.ProgrammingError as exc:  # used after close()
+                raise JournalError(f"cannot {what} in {self.path}: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                raise JournalCorrupt(f"cannot {what} in {self.path}: {exc}", run_id=run_id) from exc
 
     # -- ownership -----------------------------------------------------------------
 
@@ -257,6 +300,8 @@ class SQLiteJournal(Journal):
             )
             for e in events
         ]
+        if not events:  # nothing to store: a heartbeat, refused to a lost lease
+            return self.renew(lease, ttl=ttl)
         expires = now() + ttl
         with self._transaction(f"append to run {lease.run_id!r}") as db:
             if events:
@@ -296,11 +341,8 @@ class SQLiteJournal(Journal):
         return Lease(lease.run_id, lease.owner, lease.token, expires)
 
     def head(self, run_id: str) -> Head:
-        with self._lock:
-            try:
-                return self._head(self._db, run_id)
-            except sqlite3.DatabaseError as exc:
-                raise JournalCorrupt(f"cannot read run {run_id!r}: {exc}", run_id=run_id) from exc
+        with self._reading(f"read the head of run {run_id!r}", run_id) as db:
+            return self._head(db, run_id)
 
     def _head(self, db: sqlite3.Connection, run_id: str) -> Head:
         row = db.execute(f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -321,15 +363,10 @@ class SQLiteJournal(Journal):
     # -- reading -------------------------------------------------------------------
 
     def read(self, run_id: str) -> list[Event]:
-        try:
-            with self._lock:
-                rows = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
-                ).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise JournalCorrupt(
-                f"cannot read run {run_id!r} from {self.path}: {exc}", run_id=run_id
-            ) from exc
+        with self._reading(f"read run {run_id!r}", run_id) as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+            ).fetchall()
         if not rows:
             raise RunNotFound(f"no run {run_id!r} in {self.path}", run_id=run_id)
         events = []
@@ -367,25 +404,21 @@ class SQLiteJournal(Journal):
         return events
 
     def blob(self, digest: str) -> bytes:
-        with self._lock:
-            row = self._db.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
+        with self._reading(f"read blob {digest}") as db:
+            row = db.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
         if row is None:
             raise JournalCorrupt(f"blob {digest} is missing from {self.path}")
         return bytes(row[0])
 
     def runs(self) -> list[RunInfo]:
-        try:
-            with self._lock:
-                rows = self._db.execute(
-                    """
-                    SELECT r.run_id, r.flow, r.status, r.owner, r.expires_at, s.ts, r.updated_at,
-                           (SELECT COUNT(*) FROM events c WHERE c.run_id = r.run_id)
-                    FROM runs r LEFT JOIN events s ON s.run_id = r.run_id AND s.seq = 0
-                    WHERE r.head_seq >= 0 ORDER BY s.ts DESC
-                    """
-                ).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise JournalCorrupt(f"cannot list runs in {self.path}: {exc}") from exc
+        with self._reading("list runs") as db:
+            rows = db.execute(
+                """
+                SELECT r.run_id, r.flow, r.status, r.owner, r.expires_at, r.created_at,
+                       r.updated_at, (SELECT COUNT(*) FROM events c WHERE c.run_id = r.run_id)
+                FROM runs r WHERE r.head_seq >= 0 ORDER BY r.created_at DESC
+                """
+            ).fetchall()
         t = now()
         infos = []
         for run_id, flow, status, owner, expires, started, updated, count in rows:
