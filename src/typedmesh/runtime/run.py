@@ -303,7 +303,7 @@ def run_started_payload(
     flow: Step[Any, Any], validated: BaseModel, state: RunState, target: str | None = None
 ) -> dict[str, Any]:
     """What resume needs to run the flow again: its input, its target and the settings."""
-    from .. import __version__
+    from .._version import __version__
 
     budget = state.budget
     return {
