@@ -152,3 +152,28 @@ def test_one_response_with_five_hundred_tool_calls_runs_none_of_them() -> None:
     with pytest.raises(tm.ToolLoopExceeded, match="500 tool calls"):
         tm.run(agent, {"q": "x"})
     assert ran == []
+
+
+def test_an_attempt_billed_but_unusable_is_counted_live_and_after_resume() -> None:
+    class Refuses(Counting):
+        async def generate(self, request: ModelRequest) -> ModelResponse:
+            self.calls += 1
+            if self.calls == 1:
+                raise tm.TransientModelError(
+                    "refused", status=200, usage=Usage(input_tokens=40, output_tokens=4)
+                )
+            return await super().generate(request)
+
+    model = Refuses()
+    agent = tm.Agent(
+        "a", input=Q, output=A, model=model, retry=tm.RetryPolicy(max_attempts=2, backoff=0)
+    )
+    journal = tm.MemoryJournal()
+    result = tm.run(agent, {"q": "x"}, journal=journal, run_id="r")
+    assert result.usage.model_calls == 2 and result.usage.input_tokens == 140
+    assert result.cost_usd == pytest.approx((140 * 2.50 + 14 * 10.00) / 1e6)
+    retry = next(e for e in journal.read("r") if e.type == "model.retry")
+    assert retry.payload["status"] == 200
+    from typedmesh.runtime.reducer import reduce_events
+
+    assert reduce_events(journal.read("r"), journal).usage == result.usage

@@ -207,17 +207,29 @@ class ModelKind(EffectKind):
     def error_payload(self, exc: BaseException) -> dict[str, Any]:
         payload = super().error_payload(exc)
         payload["transient"] = isinstance(exc, TransientModelError)
-        for name in ("status", "error_type"):
+        for name in ("status", "error_type", "provider", "retry_after"):
             value = getattr(exc, name, None)
             if value is not None:
                 payload[name] = value
+        billed = getattr(exc, "usage", None)
+        if billed is not None:  # billed though unusable: the run counts it
+            payload["usage"] = {
+                "input_tokens": billed.input_tokens,
+                "output_tokens": billed.output_tokens,
+                "cost_usd": billed.cost_usd,
+            }
         return payload
 
     def error_from(self, error: dict[str, Any]) -> Exception:
         message = str(error.get("message", "recorded failure"))
+        fields = {
+            "status": error.get("status"),
+            "error_type": error.get("error_type"),
+            "provider": error.get("provider"),
+        }
         if error.get("transient"):
-            return TransientModelError(message)
-        return ModelError(message)
+            return TransientModelError(message, retry_after=error.get("retry_after"), **fields)
+        return ModelError(message, **fields)
 
 
 class ToolKind(EffectKind):

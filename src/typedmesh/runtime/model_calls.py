@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import BudgetExceeded, ModelError, TransientModelError, TypedMeshError
-from ..models.base import Model, ModelRequest, ModelResponse
+from ..models.base import Model, ModelRequest, ModelResponse, Usage
 from ..models.pricing import cost_of
 from .budget import Reservation
 from .kinds import MODEL, RequestRecord
@@ -62,6 +62,9 @@ async def call_model(
                     key=key,
                     attempt=attempt,
                     error=f"{type(exc).__name__}: {exc}",
+                    status=getattr(exc, "status", None),
+                    error_type=getattr(exc, "error_type", None),
+                    retry_after=getattr(exc, "retry_after", None),
                     delay_s=delay,
                 )
                 await ctx.sleep(delay, key=f"{base}.backoff{attempt}")
@@ -83,6 +86,15 @@ def _check_deadline(run: RunState, key: str) -> None:
 async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
     try:
         response = await model.generate(request)
+    except ModelError as exc:
+        billed = exc.usage
+        if billed is not None:  # an answer arrived, could not be used, and was billed
+            _check_usage(model, billed)
+            billed.__dict__["cost_usd"] = cost_of(
+                model.name, billed.input_tokens, billed.output_tokens
+            )
+            billed.__dict__["model_calls"] = 1
+        raise
     except TypedMeshError:
         raise
     except TimeoutError as exc:
@@ -90,6 +102,15 @@ async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
     except Exception as exc:
         raise ModelError(f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from exc
     usage = response.usage
+    _check_usage(model, usage)
+    fields = usage.__dict__  # plain counters: skip pydantic's validating setattr
+    # priced by the model we asked for: a server naming itself "free" changes nothing
+    fields["cost_usd"] = cost_of(model.name, usage.input_tokens, usage.output_tokens)
+    fields["model_calls"] = 1
+    return response
+
+
+def _check_usage(model: Model, usage: Usage) -> None:
     for name in ("input_tokens", "output_tokens"):
         value = getattr(usage, name)
         if not isinstance(value, int) or value < 0 or value > MAX_TOKENS_PER_CALL:
@@ -97,8 +118,3 @@ async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
                 f"model {model.name!r} reported impossible usage: {name}={value!r}; "
                 "the response is not used"
             )
-    fields = usage.__dict__  # plain counters: skip pydantic's validating setattr
-    # priced by the model we asked for: a server naming itself "free" changes nothing
-    fields["cost_usd"] = cost_of(model.name, usage.input_tokens, usage.output_tokens)
-    fields["model_calls"] = 1
-    return response

@@ -173,7 +173,7 @@ class TraceReducer:
                 node.error = f"{payload.get('type', 'Error')}: {payload.get('message', '')}"
         elif event.type == "model.request" and event.key:
             self.requested[event.key] = str(payload.get("model") or "")
-        elif event.type == "model.response":
+        elif event.type == "model.response" or (event.type == "model.error" and "usage" in payload):
             self.model_response(event)
         elif event.type == "tool.started" and event.key:
             self.tool_names[event.key] = str(payload.get("tool", ""))
