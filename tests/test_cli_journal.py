@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 import typedmesh as tm
-
 from typedmesh.journal.events import canonical_json, digest
 
 FLOW = textwrap.dedent("""

@@ -7,7 +7,7 @@ compose Steps; every model and tool call passes through one run context.
 from __future__ import annotations
 
 from . import errors
-from ._version import __version__
+from ._version import __version__ as __version__
 from .agent import Agent
 from .contracts import (
     AgentIdentity,
@@ -85,7 +85,6 @@ from .runtime import (
 )
 from .step import FunctionStep, Gate, Step, step
 from .tools import Tool, tool
-
 
 __all__ = [
     "PENDING",

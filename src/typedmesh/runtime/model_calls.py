@@ -39,7 +39,7 @@ async def call_model(
         key = base if attempt == 1 else f"{base}.{attempt}"
         held: list[Reservation] = []
 
-        def admit(record: RequestRecord, held: list[Reservation] = held) -> None:
+        def admit(record: RequestRecord, held: list[Reservation] = held, key: str = key) -> None:
             _check_deadline(run, key)
             tracker = run.tracker
             if tracker is None:
