@@ -292,7 +292,7 @@ def _headline(exc: BaseException) -> str:
         return str(exc)
     first, newline, rest = str(exc).partition("\n")
     run_id = getattr(exc, "run_id", None)
-    if run_id:
+    if run_id and not isinstance(exc, JournalError):  # a journal error names its run itself
         first += f" (run {run_id})"
     return f"{type(exc).__name__}: {first}{newline}{rest}"
 
