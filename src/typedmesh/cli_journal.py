@@ -32,9 +32,9 @@ __all__ = [
     "print_replay",
     "recorded_target",
     "refuse_existing_run",
-    "resolved_target",
     "replay_dict",
     "request_diff",
+    "resolved_target",
     "run_status",
     "targets_file",
 ]
