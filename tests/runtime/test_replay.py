@@ -74,6 +74,19 @@ def test_golden_journals_replay_offline(name: str) -> None:
     assert replayed.identical, replayed.changes
 
 
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_format_one_journals_still_read_verify_and_replay(name: str) -> None:
+    """Journals written before format 2 (blob markers in payloads, no stored head)."""
+    journal, run_id = import_jsonl(ROOT / "tests" / "journals" / "v1" / f"{name}.jsonl")
+    events = journal.read(run_id)
+    assert {e.schema_version for e in events} == {1}
+    assert tm.verify_run(journal, run_id).ok  # anchored at the last event on import
+    module = load_example(name)
+    explode_models(module.flow)
+    replayed = tm.replay(run_id, module.flow, journal=journal)
+    assert replayed.identical, replayed.changes
+
+
 def test_altered_flow_raises_non_determinism_naming_the_effect() -> None:
     module = load_example("bull_bear")
     journal, run_id = import_jsonl(ROOT / "tests" / "journals" / "bull_bear.jsonl")
