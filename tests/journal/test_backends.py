@@ -1,115 +1,92 @@
-"""Conformance: every journal backend stores, orders and returns events the same way."""
+"""Memory and SQLite run through the same conformance suite (typedmesh.testing.journal_conformance).
+
+A new backend passes by subclassing ``JournalConformance`` the same way.
+"""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import pytest
-
 import typedmesh as tm
-from typedmesh.journal import Event, Journal, RunWriter
-from typedmesh.journal.verify import load_payload, verify_events
+from typedmesh.journal import Event, Journal, Lease
+from typedmesh.testing.journal_conformance import JournalConformance, check_backend
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Journal]:
-    store: Journal = (
-        tm.MemoryJournal() if request.param == "memory" else tm.SQLiteJournal(tmp_path / "j.db")
+class TestMemoryJournal(JournalConformance):
+    def make_journal(self) -> Journal:
+        return tm.MemoryJournal()
+
+
+class TestSQLiteJournal(JournalConformance):
+    """Each journal its own file; ``reopen`` is a second connection to the same file."""
+
+    def make_journal(self) -> Journal:
+        self.count = getattr(self, "count", 0) + 1
+        return tm.SQLiteJournal(self.tmp_path / f"journal{self.count}.db")
+
+    def reopen(self, journal: Journal) -> Journal:
+        assert isinstance(journal, tm.SQLiteJournal)
+        return tm.SQLiteJournal(journal.path)
+
+
+def test_the_suite_runs_without_pytest(tmp_path: Path) -> None:
+    """The suite imports and runs where pytest is not installed (a backend's own CI)."""
+    code = """
+import sys
+sys.modules["pytest"] = None  # importing pytest now fails
+from typedmesh.testing.journal_conformance import check_backend
+import typedmesh as tm
+
+class NoTamper(tm.MemoryJournal):
+    tamper_drop_tail = None
+
+results = check_backend(
+    lambda tmp: NoTamper(),
+    only=[
+        "test_events_come_back_in_order_and_chained",
+        "test_a_cut_tail_fails_verify_naming_the_missing_tail",
+    ],
+)
+print(sorted((r.name, r.outcome) for r in results))
+"""
+    env = {**os.environ, "TYPEDMESH_ALLOW_NETWORK": "0"}
+    env.pop("TYPEDMESH_JOURNAL_KEY", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )
-    yield store
-    store.close()
+    assert out.returncode == 0, out.stderr
+    assert "('test_a_cut_tail_fails_verify_naming_the_missing_tail', 'skipped')" in out.stdout
+    assert "('test_events_come_back_in_order_and_chained', 'passed')" in out.stdout
 
 
-def write_run(store: Journal, run_id: str, n: int = 5, big: str = "") -> list[Event]:
-    writer = RunWriter(store, run_id, batch_size=2)
-    writer.emit("run.started", "flow", {"flow": "flow", "input": {"x": 1}})
-    for i in range(n):
-        writer.emit(
-            "model.request",
-            "flow/a",
-            {"request": big or f"req {i}"},
-            key=f"flow/a/model#{i}",
-            agent={"name": "a", "version": "1", "deployment": "local"},
+def test_check_backend_reports_a_broken_backend() -> None:
+    """A backend that forgets the conditional append fails the suite, by name."""
+
+    class Unconditional(tm.MemoryJournal):
+        def append(
+            self,
+            lease: Lease,
+            events: Sequence[Event],
+            blobs: Mapping[str, bytes],
+            *,
+            signature: str | None = None,
+            ttl: float = 30.0,
+        ) -> Lease:
+            head = self.head(lease.run_id)  # the bug: takes whatever lease the run has now
+            forced = Lease(lease.run_id, head.owner or "", head.token, 0.0)
+            return super().append(forced, events, blobs, signature=signature, ttl=ttl)
+
+    results = {
+        r.name: r
+        for r in check_backend(
+            lambda tmp: Unconditional(),
+            only=["test_append_by_a_non_owner_is_refused", "test_unknown_run_and_missing_blob"],
         )
-    writer.emit("run.finished", "flow", {"output": {"y": 2}})
-    writer.flush()
-    return store.read(run_id)
-
-
-def test_events_come_back_in_order_and_chained(journal: Journal) -> None:
-    events = write_run(journal, "r1")
-    assert [e.seq for e in events] == list(range(7))
-    assert events[1].key == "flow/a/model#0" and events[1].agent == {
-        "name": "a",
-        "version": "1",
-        "deployment": "local",
     }
-    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(events))
-    assert verify_events("r1", events, journal).ok
-
-
-def test_large_payloads_are_stored_once_by_digest(journal: Journal) -> None:
-    big = "x" * 5000
-    events = write_run(journal, "r2", n=3, big=big)
-    refs = {e.payload["request"]["$blob"] for e in events if e.type == "model.request"}
-    assert len(refs) == 1  # three events, one blob
-    assert load_payload(events[1], journal, "request") == big
-
-
-def test_runs_lists_status(journal: Journal) -> None:
-    write_run(journal, "done")
-    writer = RunWriter(journal, "crashed")
-    writer.emit("run.started", "flow", {"flow": "flow"})
-    writer.flush()
-    runs = {r.run_id: r for r in journal.runs()}
-    assert runs["done"].status == "finished" and runs["done"].events == 7
-    assert runs["crashed"].status == "incomplete" and runs["crashed"].ended_at is None
-    assert runs["done"].flow == "flow"
-
-
-def test_unknown_run_and_missing_blob(journal: Journal) -> None:
-    with pytest.raises(tm.RunNotFound):
-        journal.read("nope")
-    with pytest.raises(tm.JournalCorrupt):
-        journal.blob("sha256:" + "0" * 64)
-
-
-def test_unflushed_events_are_not_visible(journal: Journal) -> None:
-    writer = RunWriter(journal, "r3", batch_size=100)
-    writer.emit("run.started", "flow", {"flow": "flow"})
-    with pytest.raises(tm.RunNotFound):
-        journal.read("r3")
-    writer.emit("tool.started", "flow", {"tool": "t"}, key="flow/tool#0", durable=True)
-    assert [e.type for e in journal.read("r3")] == ["run.started", "tool.started"]
-
-
-def test_memory_journal_is_immune_to_mutation_after_write() -> None:
-    store = tm.MemoryJournal()
-    writer = RunWriter(store, "r")
-    event = writer.emit("run.started", "flow", {"flow": "flow", "input": {"a": 1}})
-    writer.flush()
-    event.payload["input"] = {"a": 2}
-    read = store.read("r")[0]
-    assert read.payload["input"] == {"a": 1}
-    read.payload["input"]["a"] = 3
-    assert store.read("r")[0].payload["input"] == {"a": 1}
-
-
-def test_a_run_id_cannot_be_started_twice(journal: Journal) -> None:
-    from pydantic import BaseModel
-
-    class Q(BaseModel):
-        q: str
-
-    @tm.step
-    def echo(q: Q) -> Q:
-        return q
-
-    tm.run(echo, {"q": "a"}, journal=journal, run_id="once")
-    assert journal.exists("once") and not journal.exists("twice")
-    before = len(journal.read("once"))
-    with pytest.raises(tm.ConfigurationError, match="already in the journal"):
-        tm.run(echo, {"q": "b"}, journal=journal, run_id="once")
-    assert len(journal.read("once")) == before
+    assert results["test_unknown_run_and_missing_blob"].outcome == "passed"
+    failed = results["test_append_by_a_non_owner_is_refused"]
+    assert failed.outcome == "failed" and "LeaseLost was not raised" in failed.detail

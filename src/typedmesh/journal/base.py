@@ -291,6 +291,15 @@ def check_append(head: Head, lease: Lease, events: Sequence[Event]) -> None:
         raise LeaseLost(
             f"run {lease.run_id!r}: the batch does not chain to {where}", run_id=lease.run_id
         )
+    check_batch(lease, events)
+
+
+def check_batch(lease: Lease, events: Sequence[Event]) -> None:
+    """Raise ``LeaseLost`` unless ``events`` are ``lease``'s run's, consecutive and chained.
+
+    Needs no storage: a backend whose append checks the head in its own
+    conditional write (SQL) calls this first.
+    """
     previous: Event | None = None
     for event in events:
         if event.run_id != lease.run_id:

@@ -33,6 +33,7 @@ from .base import (
     RunInfo,
     check_acquire,
     check_append,
+    check_batch,
     lease_live,
     now,
     refuse_existing,
@@ -302,6 +303,7 @@ class SQLiteJournal(Journal):
         ]
         if not events:  # nothing to store: a heartbeat, refused to a lost lease
             return self.renew(lease, ttl=ttl)
+        check_batch(lease, events)  # the head is checked by the conditional UPDATE below
         expires = now() + ttl
         with self._transaction(f"append to run {lease.run_id!r}") as db:
             if events:
