@@ -21,6 +21,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 from ..errors import LeaseHeld, LeaseLost, RunExists
 from .events import GENESIS_HASH, Event
@@ -200,7 +201,7 @@ class Journal(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release resources; the default has none."""
 
-    def __enter__(self) -> Journal:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
