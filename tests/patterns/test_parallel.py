@@ -357,3 +357,39 @@ def test_conflicts_ignore_provenance() -> None:
     )
     assert tm.detect_conflicts({"a": a, "b": claim}) == []
     assert json.loads(tm.Conflict(field="f", values={"a": 1}).model_dump_json())["field"] == "f"
+
+
+def test_a_merge_field_narrower_than_its_branch_output_gets_a_summary_handoff() -> None:
+    class Wide(BaseModel):
+        answer: str
+        detail: str
+
+    class Narrow(BaseModel):
+        answer: str
+
+    class MergeIn(BaseModel):
+        left: Narrow
+        right: Narrow
+
+    class MergeOut(BaseModel):
+        conflicts: list[tm.Conflict] = []
+        answers: list[str]
+
+    class In(BaseModel):
+        q: str
+
+    @tm.step(name="left")
+    def left(x: In) -> Wide:
+        return Wide(answer="yes", detail="long")
+
+    @tm.step(name="right")
+    def right(x: In) -> Wide:
+        return Wide(answer="yes", detail="longer")
+
+    @tm.step(name="merge")
+    def merge(m: MergeIn) -> MergeOut:
+        return MergeOut(answers=[m.left.answer, m.right.answer])
+
+    flow = tm.parallel(left=left, right=right, merge=merge)
+    result = tm.run(flow, {"q": "?"})
+    assert result.output.answers == ["yes", "yes"]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..contracts import AgentIdentity, Plan, PlanExecution, PlanStep, WorkerResult
 from ..errors import ConfigurationError, ContractError, PlanRejected
-from ..handoff import handoff_problems
+from ..handoff import handoff_problems, validate_input
 from ..runtime.context import RunContext
 from ..step import Gate, Step
 
@@ -117,7 +117,10 @@ class Orchestrate(Step[Any, Any]):
         if "intent" in self._synth_fills:
             data["intent"] = ctx.intent
         synthesis = await ctx.run(
-            self.synthesizer, self.synthesizer.input_type.model_validate(data)
+            self.synthesizer,
+            validate_input(
+                self.synthesizer.input_type, data, source="plan", target=self.synthesizer.name
+            ),
         )
         result: BaseModel = self.output_type(
             output=synthesis, plan=plan, results=results, plan_attempts=attempts
@@ -133,7 +136,9 @@ class Orchestrate(Step[Any, Any]):
                 await finished[dep].wait()
             worker = self.workers[planned.worker]
             data = {k: _resolve(v, done) for k, v in planned.input.items()}
-            worker_input = worker.input_type.model_validate(data)
+            worker_input = validate_input(
+                worker.input_type, data, source=f"plan step {planned.id!r}", target=worker.name
+            )
             done[planned.id] = await ctx.run(
                 worker, worker_input, label=f"{worker.name}[{planned.id}]"
             )

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from ..contracts import AgentIdentity
 from ..decoding import OUTPUT_VIEW
 from ..errors import ConfigurationError, ConflictsDropped, ContractError
-from ..handoff import Handoff, annotation_problem, handoff_problems
+from ..handoff import Handoff, annotation_problem, handoff_problems, validate_input
 from ..runtime.context import RunContext
 from ..step import Gate, Step
 from .conflicts import (
@@ -76,7 +76,8 @@ class Parallel(Step[Any, Any]):
         self.identity = AgentIdentity(name=name)
         self.output_type = merge.output_type
         self._inputs = {
-            label: Handoff(self.input_type, b.input_type) for label, b in branches.items()
+            label: Handoff(self.input_type, b.input_type, source=name, target=label)
+            for label, b in branches.items()
         }
         fields = merge.input_type.model_fields
         self._fills = {k for k in FILLED if k in fields}
@@ -105,7 +106,9 @@ class Parallel(Step[Any, Any]):
             data["conflicts"] = conflicts
         if "intent" in self._fills:
             data["intent"] = ctx.intent
-        merge_input = self.merge.input_type.model_validate(data)
+        merge_input = validate_input(
+            self.merge.input_type, data, source=", ".join(labels), target=self.merge.name
+        )
         view = ConflictView(conflicts)
         gate = Gate(
             check=view.stamp,

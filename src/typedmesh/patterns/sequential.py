@@ -49,7 +49,8 @@ class Sequential(Step[Any, Any]):
         self.input_type = steps[0].input_type
         self.output_type = steps[-1].output_type
         self._handoffs = [
-            Handoff(p.output_type, f.input_type) for p, f in itertools.pairwise(steps)
+            Handoff(p.output_type, f.input_type, source=p.name, target=f.name)
+            for p, f in itertools.pairwise(steps)
         ]
 
     def children(self) -> tuple[Step[Any, Any], ...]:
