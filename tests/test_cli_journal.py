@@ -305,3 +305,70 @@ def test_run_refuses_a_run_id_already_in_the_journal(workdir: Path) -> None:
     done = typedmesh(workdir, "run", "qa_flow.py:flow", "--input", INPUT, "--run-id", "r1")
     assert done.returncode == 2 and "already in the journal" in done.stderr
     assert "typedmesh resume r1" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_resume_takes_new_budget_flags_and_a_durability_level(workdir: Path) -> None:
+    stopped = typedmesh(
+        workdir, "run", "qa_flow.py:flow", "--input", INPUT, "--run-id", "b1",
+        "--max-model-calls", "0", "--durability", "full",
+    )  # fmt: skip
+    assert stopped.returncode == 1 and "BudgetExceeded" in stopped.stderr
+    again = typedmesh(workdir, "resume", "b1", "--json")
+    assert again.returncode == 1 and "BudgetExceeded" in again.stdout  # the recorded budget
+    done = typedmesh(workdir, "resume", "b1", "--json", "--max-model-calls", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["output"] == {"answer": "YES", "confidence": 0.8}
+    bad = typedmesh(workdir, "resume", "b1", "--durability", "sometimes")
+    assert bad.returncode == 2 and "--durability" in bad.stderr
+
+
+WAITING_FLOW = textwrap.dedent("""
+    from typing import Any, ClassVar
+    from pydantic import BaseModel
+    import typedmesh as tm
+
+    class Ask(tm.EffectKind):
+        name: ClassVar[str] = "ask_human"
+        may_wait: ClassVar[bool] = True
+
+    ASK = tm.register_kind(Ask())
+
+    class Q(BaseModel):
+        text: str
+
+    @tm.step(name="asker")
+    async def flow(q: Q, ctx: tm.RunContext) -> Q:
+        async def nobody_yet() -> Any:
+            return tm.PENDING
+        answer = await ctx.perform(ASK, {"q": q.text}, nobody_yet)
+        return Q(text=f"{q.text} -> {answer}")
+""")
+
+
+def test_a_waiting_run_exits_4_and_resumes_after_its_result(workdir: Path) -> None:
+    (workdir / "wait_flow.py").write_text(WAITING_FLOW)
+    waiting = typedmesh(workdir, "run", "wait_flow.py:flow", "--input", INPUT, "--run-id", "w1")
+    assert waiting.returncode == 4, waiting.stderr
+    assert "RunWaiting" in waiting.stderr and "asker/ask_human#0" in waiting.stderr
+    assert "Traceback" not in waiting.stderr
+    journal = workdir / ".typedmesh" / "runs.db"
+    tm.record_result("w1", "asker/ask_human#0", "yes", journal=journal, recorded_by="me")
+    done = typedmesh(workdir, "resume", "w1", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["output"] == {"text": "ok? -> yes"}
+
+
+def test_read_commands_open_the_journal_read_only(workdir: Path) -> None:
+    run_json(workdir, "qa_flow.py:flow", "--run-id", "r1")
+    db = workdir / ".typedmesh" / "runs.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = db.read_bytes()
+    for command in ("runs", "trace", "cost", "verify"):
+        args = [command] if command == "runs" else [command, "r1"]
+        done = typedmesh(workdir, *args)
+        assert done.returncode == 0, (command, done.stderr)
+    assert db.read_bytes() == before
+    assert not (workdir / ".typedmesh" / "runs.db-wal").exists() or (
+        (workdir / ".typedmesh" / "runs.db-wal").stat().st_size == 0
+    )

@@ -10,6 +10,8 @@ Exit codes (docs/errors.md lists each error with an example message):
   an unreadable ``@file``, input or intent that does not validate, an
   unknown run, a journal that cannot be opened or created.
 * 3: a resume stopped on a tool call in doubt.
+* 4: the run is waiting for a result (an approval, a signal): nothing failed;
+  record the result, then ``typedmesh resume`` it.
 
 A user mistake never prints a traceback: one line ``error: ...`` on stderr
 (details, such as a contract's problems, indented below it), or one JSON
@@ -51,11 +53,12 @@ from .errors import (
     JournalError,
     NonDeterminismError,
     RunError,
+    RunWaiting,
     StepFailed,
     TypedMeshError,
     UserError,
 )
-from .journal import DEFAULT_JOURNAL, Journal, open_journal
+from .journal import DEFAULT_JOURNAL, Durability, Journal, open_journal
 from .models.base import Usage
 from .runtime.budget import Budget
 from .runtime.kinds import InDoubtPolicy
@@ -77,6 +80,26 @@ RunIdArg = Annotated[str, typer.Argument(help="the run id (see `typedmesh runs`)
 FlowOpt = Annotated[
     str | None,
     typer.Option("--flow", help="the flow as MODULE:ATTR (default: the one `run` recorded)"),
+]
+DurabilityOpt = Annotated[
+    str,
+    typer.Option(
+        "--durability",
+        help="fsync level of the journal: off, normal or full (docs/durability.md: what a "
+        "power failure may lose at each)",
+    ),
+]
+DeadlineOpt = Annotated[
+    float | None,
+    typer.Option("--deadline", metavar="SECONDS", help="stop the run after this many seconds"),
+]
+MaxTokensOpt = Annotated[int | None, typer.Option("--max-tokens", help="hard token budget")]
+MaxCostOpt = Annotated[float | None, typer.Option("--max-cost", help="hard cost budget in USD")]
+MaxCallsOpt = Annotated[
+    int | None, typer.Option("--max-model-calls", help="hard model-call budget")
+]
+MaxPlanOpt = Annotated[
+    int | None, typer.Option("--max-plan-steps", help="longest plan an orchestrator runs")
 ]
 ModelTimeoutOpt = Annotated[
     float | None,
@@ -257,20 +280,40 @@ def _intent_arg(text: str | None) -> Intent | None:
 
 
 def _budget_arg(
-    max_tokens: int | None, max_cost: float | None, max_model_calls: int | None
+    max_tokens: int | None,
+    max_cost: float | None,
+    max_model_calls: int | None,
+    max_plan_steps: int | None = None,
 ) -> Budget | None:
     """The Budget the budget options give; a negative or NaN limit is a usage error."""
     limits = {
         "--max-tokens": max_tokens,
         "--max-cost": max_cost,
         "--max-model-calls": max_model_calls,
+        "--max-plan-steps": max_plan_steps,
     }
     for option, value in limits.items():
         if value is not None and not value >= 0:  # `not >=` catches NaN too
             raise CommandLineError(f"{option} must be >= 0, got {value}")
-    if max_tokens is None and max_cost is None and max_model_calls is None:
+    if all(value is None for value in limits.values()):
         return None
-    return Budget(max_tokens=max_tokens, max_cost_usd=max_cost, max_model_calls=max_model_calls)
+    return Budget(
+        max_tokens=max_tokens,
+        max_cost_usd=max_cost,
+        max_model_calls=max_model_calls,
+        max_plan_steps=max_plan_steps,
+    )
+
+
+def _durability_arg(value: str) -> Durability:
+    if value not in ("off", "normal", "full"):
+        raise CommandLineError(f"--durability must be off, normal or full, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _deadline_arg(seconds: float | None) -> None:
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise CommandLineError(f"--deadline must be a positive number of seconds, got {seconds}")
 
 
 def _model_timeout_arg(seconds: float | None) -> None:
@@ -393,10 +436,17 @@ def _user_errors(as_json: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _journal(path: str, as_json: bool, *, must_exist: bool = True) -> Iterator[Journal]:
+def _journal(
+    path: str,
+    as_json: bool,
+    *,
+    must_exist: bool = True,
+    readonly: bool = False,
+    durability: Durability = "normal",
+) -> Iterator[Journal]:
     """Open a journal; journal and usage errors inside exit 2 with the message."""
     try:
-        store = open_journal(path, must_exist=must_exist)
+        store = open_journal(path, must_exist=must_exist, readonly=readonly, durability=durability)
     except (JournalError, OSError, sqlite3.Error) as exc:
         _fail(_journal_problem(path, exc), as_json, code=2)
     try:
@@ -427,19 +477,24 @@ def run_command(
     input: Annotated[str, typer.Option("--input", "-i", help="input JSON, or @file.json")],
     intent: Annotated[str | None, typer.Option(help="Intent JSON, or @file.json")] = None,
     as_json: JsonOpt = False,
-    max_tokens: Annotated[int | None, typer.Option(help="hard token budget")] = None,
-    max_cost: Annotated[float | None, typer.Option(help="hard cost budget in USD")] = None,
-    max_model_calls: Annotated[int | None, typer.Option(help="hard model-call budget")] = None,
+    max_tokens: MaxTokensOpt = None,
+    max_cost: MaxCostOpt = None,
+    max_model_calls: MaxCallsOpt = None,
+    max_plan_steps: MaxPlanOpt = None,
     grant: Annotated[list[str] | None, typer.Option(help="a scope the run grants (repeat)")] = None,
     run_id: Annotated[str | None, typer.Option(help="the run id (default: random)")] = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     no_journal: Annotated[bool, typer.Option("--no-journal", help="do not journal")] = False,
     model_timeout: ModelTimeoutOpt = None,
+    durability: DurabilityOpt = "normal",
+    deadline: DeadlineOpt = None,
 ) -> None:
     """Run a flow on an input; journal it; print its output, trace tree, usage and cost."""
     with _user_errors(as_json):
-        budget = _budget_arg(max_tokens, max_cost, max_model_calls)
+        budget = _budget_arg(max_tokens, max_cost, max_model_calls, max_plan_steps)
         _model_timeout_arg(model_timeout)
+        level = _durability_arg(durability)
+        _deadline_arg(deadline)
         data = _json_arg(input, "--input")
         run_intent = _intent_arg(intent)
         flow = load_step(target)
@@ -447,7 +502,7 @@ def run_command(
     store: Journal | None = None
     if not no_journal:
         try:
-            store = open_journal(journal)
+            store = open_journal(journal, durability=level)
             cj.refuse_existing_run(store, run_id)
         except (JournalError, UserError, OSError, sqlite3.Error) as exc:
             if store is not None:
@@ -465,10 +520,14 @@ def run_command(
                 run_id=run_id,
                 journal=store,
                 target=cj.resolved_target(target),  # journaled: resume finds the flow by id
+                deadline=deadline,
+                durability=level,
             )
         )
     except InputValidationError as exc:
         _fail(exc, as_json, code=2)
+    except RunWaiting as exc:
+        _fail(exc, as_json, code=4, footer=footer)
     except RunError as exc:
         _fail(exc, as_json, code=1, footer=footer)
     except (UserError, JournalError) as exc:
@@ -491,7 +550,7 @@ def run_command(
 @app.command("runs")
 def runs_command(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonOpt = False) -> None:
     """List the runs in a journal, newest first."""
-    with _journal(journal, as_json) as store:
+    with _journal(journal, as_json, readonly=True) as store:
         infos = store.runs()
     if as_json:
         print(json.dumps([asdict(info) for info in infos]))
@@ -508,7 +567,7 @@ def trace_command(
     """Show a journaled run as a tree: steps, agents, status, time, tokens, cost, events."""
     from .runtime.reducer import step_outputs, trace_from_events, trace_to_dict
 
-    with _journal(journal, as_json) as store:
+    with _journal(journal, as_json, readonly=True) as store:
         events = store.read(run_id)
         root = trace_from_events(events, store)
         if as_json:
@@ -533,7 +592,7 @@ def verify_command(
     """Check a run's hash chain and blobs; exit 1 naming the first bad event."""
     from .journal.verify import VerifyReport, verify_run
 
-    with _journal(journal, as_json) as store:
+    with _journal(journal, as_json, readonly=True) as store:
         try:
             report = verify_run(store, run_id)
         except JournalCorrupt as exc:  # an event too damaged to read at all
@@ -559,7 +618,7 @@ def cost_command(
     from .render import model_usage_table, usage_by_agent, usage_table
     from .runtime.reducer import reduce_events
 
-    with _journal(journal, as_json) as store:
+    with _journal(journal, as_json, readonly=True) as store:
         events = store.read(run_id)
         reducer = reduce_events(events, store)
         root = reducer.finish(events[-1])
@@ -642,8 +701,18 @@ def resume_command(
     ] = False,
     as_json: JsonOpt = False,
     model_timeout: ModelTimeoutOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    max_cost: MaxCostOpt = None,
+    max_model_calls: MaxCallsOpt = None,
+    max_plan_steps: MaxPlanOpt = None,
+    durability: DurabilityOpt = "normal",
+    deadline: DeadlineOpt = None,
 ) -> None:
-    """Continue a run from its journal without repeating any journaled effect."""
+    """Continue a run from its journal without repeating any journaled effect.
+
+    Budget options replace the recorded budget; it covers the whole run, what
+    was spent before included.
+    """
     from .runtime.reducer import reduce_events
     from .runtime.replay import aresume
 
@@ -651,14 +720,29 @@ def resume_command(
         if retry_in_doubt and skip_in_doubt:
             raise CommandLineError("--retry-in-doubt and --skip-in-doubt exclude each other")
         _model_timeout_arg(model_timeout)
+        budget = _budget_arg(max_tokens, max_cost, max_model_calls, max_plan_steps)
+        level = _durability_arg(durability)
+        _deadline_arg(deadline)
     policy: InDoubtPolicy = "retry" if retry_in_doubt else "skip" if skip_in_doubt else "fail"
-    with _journal(journal, as_json) as store:
+    with _journal(journal, as_json, durability=level) as store:
         finished = store.read(run_id)[-1].type == "run.finished"
         step = _flow_for(journal, run_id, flow)
         try:
-            result = asyncio.run(aresume(run_id, step, journal=store, in_doubt=policy))
+            result = asyncio.run(
+                aresume(
+                    run_id,
+                    step,
+                    journal=store,
+                    in_doubt=policy,
+                    budget=budget,
+                    deadline=deadline,
+                    durability=level,
+                )
+            )
         except InDoubtError as exc:
             _fail(exc, as_json, code=3)
+        except RunWaiting as exc:
+            _fail(exc, as_json, code=4)
         except NonDeterminismError as exc:
             _nondeterminism(exc, store, run_id, as_json)
         except RunError as exc:

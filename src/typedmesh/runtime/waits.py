@@ -10,13 +10,15 @@ as one conditional append, so two deciders cannot both record one; the next
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigurationError
 from ..journal import open_journal
 from ..journal.base import Journal, new_owner
+from ..journal.events import Event
 from ..journal.writer import EventLog, JournalSink
 from .effects import index_events
+from .kinds import EffectKind, kind_of_event
 from .replay import _verified
 
 __all__ = ["record_result", "waiting_effects"]
@@ -25,8 +27,33 @@ __all__ = ["record_result", "waiting_effects"]
 def waiting_effects(run_id: str, *, journal: str | Path | Journal) -> list[str]:
     """The keys of a run's effects that wait for a result."""
     store = open_journal(journal, must_exist=True)
-    index = index_events(_verified(store, run_id), store)
-    return [k for k, r in index.effects.items() if r.status == "waiting"]
+    return sorted(_waiting(_verified(store, run_id), store))
+
+
+def _waiting(events: list[Event], store: Journal) -> dict[str, tuple[EffectKind, Event]]:
+    """Waiting effects by key, with their kind and started event.
+
+    A kind this process never registered (the flow that defined it is not
+    imported here) is known by its ``<name>.waiting`` event: its result is
+    recorded the default way, ``{"result": value}``.
+    """
+    found: dict[str, tuple[EffectKind, Event]] = {}
+    for key, rec in index_events(events, store).effects.items():
+        if rec.status == "waiting" and rec.started_event is not None:
+            found[key] = (rec.kind, rec.started_event)
+    done = {e.key for e in events if e.key and e.type.endswith((".completed", ".error"))}
+    for event in events:
+        name, _, phase = event.type.rpartition(".")
+        key = event.key
+        unknown = kind_of_event(event.type) is None
+        if phase == "waiting" and unknown and key and key not in found and key not in done:
+            found[key] = (_unregistered(name), event)
+    return found
+
+
+def _unregistered(name: str) -> EffectKind:
+    kind = type(f"Unregistered_{name}", (EffectKind,), {"name": name, "may_wait": True})
+    return cast(EffectKind, kind())
 
 
 def record_result(
@@ -47,16 +74,18 @@ def record_result(
     lease = store.acquire(run_id, new_owner(), ttl=10.0)
     try:
         events = _verified(store, run_id)
-        rec = index_events(events, store).effects.get(key)
-        if rec is None or rec.status != "waiting" or rec.started_event is None:
-            state = "no such effect" if rec is None else f"its status is {rec.status!r}"
-            raise ConfigurationError(f"run {run_id!r}: {key} is not waiting for a result ({state})")
+        waiting = _waiting(events, store)
+        if key not in waiting:
+            raise ConfigurationError(
+                f"run {run_id!r}: {key} is not waiting for a result "
+                f"(waiting: {sorted(waiting) or 'nothing'})"
+            )
+        kind, started = waiting[key]
         sink = JournalSink(store, lease, ttl=10.0)
         log = EventLog(run_id, seq=len(events), prev_hash=events[-1].hash, sinks=[sink])
-        fields, raw = rec.kind.record_result(result)
-        started = rec.started_event
+        fields, raw = kind.record_result(result)
         log.emit(
-            rec.kind.completed_type,
+            kind.completed_type,
             started.path,
             {**fields, "recorded_by": recorded_by},
             key=key,
