@@ -20,7 +20,9 @@ from typedmesh.journal.anchor import KEY_ENV
 from typedmesh.journal.events import chain_hash, dumps
 from typedmesh.testing.journal_conformance import RefundFlow, refund_flow, snapshot
 
-FORMAT_1 = Path(__file__).parent.parent / "journals" / "format1_bull_bear.jsonl"
+FORMAT_1_DIR = Path(__file__).parent.parent / "journals" / "v1"  # journals from before heads
+FORMAT_1 = FORMAT_1_DIR / "bull_bear.jsonl"
+FORMAT_1_FILES = sorted(FORMAT_1_DIR.glob("*.jsonl"))
 KEY = "a-key-the-forger-does-not-have"
 
 CUTS = {
@@ -178,15 +180,23 @@ def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Journal]
     store.close()
 
 
-def test_a_format_1_golden_journal_imports_and_verifies(journal: Journal, tmp_path: Path) -> None:
-    lines = FORMAT_1.read_text().splitlines()
-    assert not any('"head"' in line[:10] for line in lines)  # from before heads
-    _, run_id = import_jsonl(FORMAT_1, into=journal)
+def test_the_format_1_fixtures_are_there() -> None:
+    assert {p.stem for p in FORMAT_1_FILES} >= {"bull_bear", "support_pipeline"}
+
+
+@pytest.mark.parametrize("golden", FORMAT_1_FILES, ids=lambda p: p.stem)
+def test_a_format_1_golden_journal_imports_and_verifies(
+    golden: Path, journal: Journal, tmp_path: Path
+) -> None:
+    lines = golden.read_text().splitlines()
+    assert not any(line.startswith('{"head"') for line in lines)  # from before heads
+    _, run_id = import_jsonl(golden, into=journal)
     events = journal.read(run_id)
     assert {e.schema_version for e in events} == {1}
     head = journal.head(run_id)
     assert (head.seq, head.hash) == (events[-1].seq, events[-1].hash)  # the last event anchors
-    assert head.signature is None and head.status == "finished" and head.flow == "debate"
+    assert head.signature is None and head.status == "finished"
+    assert head.flow == events[0].payload["flow"]
     report = tm.verify_run(journal, run_id)
     assert report.ok and report.events == len(events)
     request = next(e for e in events if e.type == "model.request")

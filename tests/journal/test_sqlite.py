@@ -21,7 +21,7 @@ from typedmesh.runtime.reducer import trace_from_events
 from typedmesh.testing.journal_conformance import chain, refund_flow, snapshot
 
 HERE = Path(__file__).parent
-FORMAT_1 = HERE.parent / "journals" / "format1_bull_bear.jsonl"
+FORMAT_1 = HERE.parent / "journals" / "v1" / "bull_bear.jsonl"  # from journal schema 1
 
 
 class Q(BaseModel):
