@@ -14,6 +14,7 @@ suite in ``typedmesh.testing.journal_conformance``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -216,13 +217,42 @@ class Journal(ABC):
 
         Without ``head`` (an export from before heads), the last event anchors it.
         A head the events do not end at (a tail cut from the export) is refused
-        with ``JournalCorrupt``: stored, the run would look whole.
+        with ``JournalCorrupt``: stored, the run would look whole. So are events
+        that are not one run's, from its first event on, consecutive and linked
+        (a gap, a cut head): nothing is stored, the run id stays free. An edited
+        event whose hash no longer matches is imported; ``verify`` names it.
         """
         from ..errors import JournalCorrupt
 
         if not events:
             raise JournalCorrupt("nothing to import: the run has no events")
         run_id = events[0].run_id
+        if events[0].seq != 0 or events[0].prev_hash != GENESIS_HASH:
+            raise JournalCorrupt(
+                f"run {run_id!r}: the events start at seq {events[0].seq}, not at the "
+                "run's first event",
+                run_id=run_id,
+                seq=0,
+            )
+        for previous, event in itertools.pairwise(events):
+            if event.run_id != run_id:
+                raise JournalCorrupt(
+                    f"event {event.seq} belongs to run {event.run_id!r}, not {run_id!r}",
+                    run_id=run_id,
+                    seq=event.seq,
+                )
+            if event.seq != previous.seq + 1:
+                raise JournalCorrupt(
+                    f"run {run_id!r}: sequence gap: event {event.seq} follows {previous.seq}",
+                    run_id=run_id,
+                    seq=previous.seq + 1,
+                )
+            if event.prev_hash != previous.hash:
+                raise JournalCorrupt(
+                    f"run {run_id!r}: event {event.seq} does not link to event {previous.seq}",
+                    run_id=run_id,
+                    seq=event.seq,
+                )
         if head is not None:
             last = events[-1]
             if head.run_id != run_id:

@@ -976,6 +976,30 @@ class JournalConformance:
             report = verify_run(into, "r")
             assert not report.ok and "not signed" in report.reason
 
+    def test_import_refuses_a_broken_run_and_leaves_its_id_free(self) -> None:
+        """A gap, a missing first event or another run's event: refused before anything
+        is stored. An edited event (hash mismatch) imports, for verify to name it."""
+        source = self.journal()
+        self.refund_run(source, "r")
+        events = source.read("r")
+        blobs = blobs_of(source, events)
+        journal = self.journal()
+        other = chain("other", [("note", {})] * 3)
+        for broken, match in (
+            (events[:3] + events[4:], "gap"),
+            (events[1:], "first event"),
+            ([*events[:2], replace(events[2], prev_hash=GENESIS_HASH)], "link"),
+            ([*events[:1], replace(other[1], seq=1, prev_hash=events[0].hash)], "belongs"),
+        ):
+            with raises(JournalCorrupt, match=match):
+                journal.import_run(broken, blobs)
+            assert not journal.exists("r") and journal.runs() == []
+        edited = [replace(e) for e in events]
+        edited[5].payload_json = dumps({"result": "edited"})
+        journal.import_run(edited, blobs)
+        report = verify_run(journal, "r")
+        assert not report.ok and report.bad_seq == 5 and "altered" in report.reason
+
     def test_jsonl_empty_or_garbled_file_is_journal_corrupt(self) -> None:
         into = self.journal()
         empty = self.tmp_path / "empty.jsonl"
