@@ -32,6 +32,7 @@ from .runtime.context import RunContext
 from .runtime.retry import RetryPolicy
 from .step import Gate, Step
 from .tools import Tool
+from .validation import error_lines
 
 __all__ = ["Agent"]
 
@@ -193,7 +194,7 @@ class Agent(Step[In, Out]):
             try:
                 output = self._decode(raw, view, ctx)
             except ValidationError as exc:
-                problems = validation_messages(exc)
+                problems = error_lines(exc)
                 raw_outputs.append(raw)
                 errors.append(problems)
                 ctx.record("output.invalid", attempt=len(errors), errors=problems)
@@ -308,11 +309,6 @@ def _invalid_json(model: type[BaseModel], raw: str, exc: json.JSONDecodeError) -
     )
 
 
-def validation_messages(exc: ValidationError) -> list[str]:
-    return [
-        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
-        for e in exc.errors(include_url=False)
-    ]
 
 
 def _feedback(raw: str, verdict: str, problems: list[str]) -> list[Message]:

@@ -65,6 +65,7 @@ from .runtime.kinds import InDoubtPolicy
 from .runtime.run import arun
 from .runtime.trace import TraceNode
 from .step import Step
+from .validation import error_lines
 
 app = typer.Typer(
     help="typedmesh: typed, journaled multi-agent flows.",
@@ -272,10 +273,7 @@ def _intent_arg(text: str | None) -> Intent | None:
     try:
         return Intent.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
+        problems = "; ".join(error_lines(exc))
         raise CommandLineError(f"--intent does not fit Intent: {problems}") from None
 
 

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from .errors import HandoffError
+from .validation import error_lines
 
 __all__ = [
     "Handoff",
@@ -478,10 +479,7 @@ def _input_key(dst: type[BaseModel], name: str, field: FieldInfo) -> str:
 
 
 def _validation_problems(exc: ValidationError) -> list[str]:
-    return [
-        f"{'.'.join(map(str, error['loc'])) or '(root)'}: {error['msg']}"
-        for error in exc.errors(include_url=False)
-    ]
+    return error_lines(exc)
 
 
 def validate_input(

@@ -11,9 +11,12 @@ from pydantic import ValidationError
 __all__ = ["error_lines"]
 
 
-def error_lines(exc: ValidationError) -> list[str]:
-    """Each error as ``dotted.path: message`` (``(root)`` for the whole value)."""
+def error_lines(exc: ValidationError, *, prefix: tuple[str | int, ...] = ()) -> list[str]:
+    """Each error as ``dotted.path: message`` (``(root)`` for the whole value).
+
+    ``prefix`` goes before every path (the field a value was validated for).
+    """
     return [
-        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+        f"{'.'.join(str(p) for p in (*prefix, *e['loc'])) or '(root)'}: {e['msg']}"
         for e in exc.errors(include_url=False)
     ]

@@ -11,6 +11,7 @@ from ..errors import ConfigurationError, ContractError, HandoffError
 from ..handoff import annotation_problem, field_annotation, validate_input
 from ..runtime.context import RunContext
 from ..step import Step
+from ..validation import error_lines
 
 __all__ = ["Loop", "loop"]
 
@@ -67,10 +68,7 @@ class Loop(Step[Any, Any]):
         try:
             return adapter.validate_python(value, from_attributes=True)
         except ValidationError as exc:
-            problems = [
-                f"{'.'.join(map(str, (name, *e['loc'])))}: {e['msg']}"
-                for e in exc.errors(include_url=False)
-            ]
+            problems = error_lines(exc, prefix=(name,))
             raise HandoffError(
                 f"loop: {name!r} for generator {self.generator.name!r} does not fit its field",
                 source=self.evaluator.name if name == "feedback" else self.generator.name,

@@ -38,9 +38,9 @@ def _waiting(events: list[Event], store: Journal) -> dict[str, tuple[EffectKind,
     recorded the default way, ``{"result": value}``.
     """
     found: dict[str, tuple[EffectKind, Event]] = {}
-    for key, rec in index_events(events, store).effects.items():
+    for effect_key, rec in index_events(events, store).effects.items():
         if rec.status == "waiting" and rec.started_event is not None:
-            found[key] = (rec.kind, rec.started_event)
+            found[effect_key] = (rec.kind, rec.started_event)
     done = {e.key for e in events if e.key and e.type.endswith((".completed", ".error"))}
     for event in events:
         name, _, phase = event.type.rpartition(".")
