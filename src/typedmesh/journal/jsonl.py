@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from ..errors import JournalCorrupt
 from .base import Head, Journal
@@ -46,12 +47,27 @@ def import_jsonl(path: str | Path, into: Journal | None = None) -> tuple[Journal
             if "event" in record:
                 events.append(Event.from_dict(record["event"]))
             elif "head" in record:
-                head = Head(**record["head"])
+                head = _head(record["head"])
             else:
                 blobs[record["blob"]] = record["data"].encode()
-        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        except (json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
             raise JournalCorrupt(f"{path}: line {number} is not a journal record: {exc}") from exc
     if not events:
         raise JournalCorrupt(f"{path} holds no events: not an exported run")
     store.import_run(events, blobs, head)
     return store, events[0].run_id
+
+
+def _head(data: dict[str, Any]) -> Head:
+    """The exported head, its fields checked: a garbled head is not a head."""
+    head = Head(**data)
+    typed = (
+        isinstance(head.run_id, str)
+        and type(head.seq) is int
+        and isinstance(head.hash, str)
+        and (head.signature is None or isinstance(head.signature, str))
+        and isinstance(head.status, str)
+    )
+    if not typed:
+        raise ValueError(f"a head's fields have the wrong types: {data}")
+    return head

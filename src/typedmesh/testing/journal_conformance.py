@@ -1014,6 +1014,15 @@ class JournalConformance:
         garbled.write_text('{"event": {"run_id": "r"}}\n')
         with raises(JournalCorrupt, match="line 1"):
             import_jsonl(garbled, into=into)
+        journal = self.journal()
+        self.refund_run(journal, "r")
+        export_jsonl(journal, "r", garbled)
+        lines = garbled.read_text().splitlines()
+        head = json.loads(lines[-1])
+        head["head"]["seq"] = str(head["head"]["seq"])
+        garbled.write_text("\n".join([*lines[:-1], json.dumps(head)]) + "\n")
+        with raises(JournalCorrupt, match=f"line {len(lines)}"):
+            import_jsonl(garbled, into=into)
         assert into.runs() == []
 
 
