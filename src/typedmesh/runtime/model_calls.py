@@ -9,8 +9,11 @@ table knows); the name the server says served it is recorded beside it.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING
+
+from pydantic_core import PydanticSerializationError
 
 from ..errors import BudgetExceeded, ModelError, TransientModelError, TypedMeshError
 from ..models.base import Model, ModelRequest, ModelResponse, Usage
@@ -103,6 +106,7 @@ async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
         raise ModelError(f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from exc
     usage = response.usage
     _check_usage(model, usage)
+    response = _storable(response)
     fields = usage.__dict__  # plain counters: skip pydantic's validating setattr
     # priced by the model we asked for: a server naming itself "free" changes nothing
     fields["cost_usd"] = cost_of(model.name, usage.input_tokens, usage.output_tokens)
@@ -118,3 +122,33 @@ def _check_usage(model: Model, usage: Usage) -> None:
                 f"model {model.name!r} reported impossible usage: {name}={value!r}; "
                 "the response is not used"
             )
+
+
+def _storable(response: ModelResponse) -> ModelResponse:
+    """A response whose text can be journaled: lone surrogates (a model may send
+    ``"\\udc00"`` escapes) become U+FFFD in its text, and a tool call whose arguments
+    hold one is passed on as undecodable, so the agent tells the model."""
+    try:
+        response.model_dump_json()
+        return response
+    except PydanticSerializationError:
+        pass
+    calls = []
+    for call in response.tool_calls:
+        try:
+            json.dumps(call.arguments, ensure_ascii=False).encode()
+            calls.append(call)
+        except UnicodeEncodeError:
+            escaped = json.dumps(call.arguments)  # ASCII: the surrogate as an escape
+            calls.append(
+                call.model_copy(
+                    update={
+                        "arguments": None,
+                        "raw_arguments": f"text that is not valid Unicode: {escaped}",
+                    }
+                )
+            )
+    content = response.content
+    if content is not None:
+        content = content.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return response.model_copy(update={"content": content, "tool_calls": calls})

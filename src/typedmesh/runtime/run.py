@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from ..contracts import Intent
 from ..errors import (
@@ -104,10 +105,9 @@ def coerce_input(flow: Step[In, Any], value: Any) -> In:
             + "; ".join(error_lines(exc)),
             errors=json.loads(json.dumps(errors, default=str)),
         ) from exc
-    except UnicodeEncodeError as exc:
+    except (UnicodeEncodeError, PydanticSerializationError) as exc:
         raise InputValidationError(
-            f"input for {flow.name!r} holds text that is not valid Unicode ({exc.reason}): "
-            f"{exc.object[exc.start : exc.end]!r}",
+            f"input for {flow.name!r} holds text that is not valid Unicode: {exc}",
             errors=[{"msg": str(exc)}],
         ) from exc
     return validated
