@@ -118,6 +118,12 @@ ZOMBIE = textwrap.dedent(
 )
 
 
+@pytest.fixture(autouse=True)
+def no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unsigned runs: a TYPEDMESH_JOURNAL_KEY in the environment would fail their verify."""
+    monkeypatch.delenv("TYPEDMESH_JOURNAL_KEY", raising=False)
+
+
 def spawn(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, *args],

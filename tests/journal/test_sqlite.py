@@ -32,6 +32,12 @@ class A(BaseModel):
     answer: str
 
 
+@pytest.fixture(autouse=True)
+def no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unsigned runs: a TYPEDMESH_JOURNAL_KEY in the environment would fail their verify."""
+    monkeypatch.delenv("TYPEDMESH_JOURNAL_KEY", raising=False)
+
+
 def journaled_run(path: Path, run_id: str = "r1") -> None:
     agent = tm.Agent(
         "a",

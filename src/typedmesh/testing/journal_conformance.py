@@ -32,9 +32,9 @@ one ``CheckResult`` each. Importing this module does not import pytest; only
 a skipped test asks for it (to report the skip), if it is installed.
 
 The suite sleeps a little (lease expiry, about 0.3 s in all) and runs small
-flows on scripted models, offline. It sets and restores
-``TYPEDMESH_JOURNAL_KEY`` around the signing tests, so run it where nothing
-else in the process reads that variable at the same time.
+flows on scripted models, offline. It unsets ``TYPEDMESH_JOURNAL_KEY`` for
+each test (restored after it) and sets it around the signing tests, so run it
+where nothing else in the process reads that variable at the same time.
 """
 
 from __future__ import annotations
@@ -287,6 +287,7 @@ class JournalConformance:
 
     tmp_path: Path
     _made: list[Journal]
+    _key: str | None
 
     # -- what a backend provides ---------------------------------------------------------
 
@@ -315,6 +316,7 @@ class JournalConformance:
     def setup_method(self, method: object = None) -> None:
         self.tmp_path = Path(tempfile.mkdtemp(prefix="typedmesh-conformance-"))
         self._made = []
+        self._key = os.environ.pop(KEY_ENV, None)  # each test sets the key it needs
 
     def teardown_method(self, method: object = None) -> None:
         for journal in reversed(self._made):
@@ -322,6 +324,8 @@ class JournalConformance:
                 journal.close()
         self._made = []
         shutil.rmtree(self.tmp_path, ignore_errors=True)
+        if self._key is not None:
+            os.environ[KEY_ENV] = self._key
 
     def journal(self) -> Journal:
         """A new empty journal, closed after the test."""
