@@ -31,7 +31,8 @@ Without pytest, ``check_backend(make_journal)`` runs every method and returns
 one ``CheckResult`` each. Importing this module does not import pytest; only
 a skipped test asks for it (to report the skip), if it is installed.
 
-The suite sleeps a little (lease expiry, about 0.3 s in all) and runs small
+The suite sleeps a little (lease expiry, under a second in all), starts one
+short-lived ``python`` process (to name an owner that is dead) and runs small
 flows on scripted models, offline. It unsets ``TYPEDMESH_JOURNAL_KEY`` for
 each test (restored after it) and sets it around the signing tests, so run it
 where nothing else in the process reads that variable at the same time.
