@@ -86,8 +86,7 @@ from .runtime import (
 from .step import FunctionStep, Gate, Step, step
 from .tools import Tool, tool
 
-__all__ = [
-    "PENDING",
+__all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "Agent",
     "AgentIdentity",
     "AlreadyClaimed",
@@ -127,6 +126,7 @@ __all__ = [
     "NonDeterminismError",
     "Orchestrated",
     "OutputValidationError",
+    "PENDING",
     "Plan",
     "PlanExecution",
     "PlanRejected",

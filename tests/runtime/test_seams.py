@@ -245,3 +245,31 @@ def test_the_journal_grows_linearly_with_a_conversation(tmp_path: Path) -> None:
     small, large = sizes(100), sizes(200)
     assert large < 2.3 * small  # stored once per message: linear, not quadratic
     assert large < 1_000_000
+
+
+def test_a_refused_resume_keeps_the_runs_status_and_an_emptied_run_is_corrupt() -> None:
+    failing = tm.Agent("a", input=Q, output=A, model=tm.ScriptedModel([tm.ModelError("down")]))
+    journal = tm.MemoryJournal()
+    with pytest.raises(tm.ModelError):
+        tm.run(failing, {"q": "x"}, journal=journal, run_id="r")
+    journal.tamper_drop_tail("r", 1)
+    with pytest.raises(tm.JournalCorrupt):
+        tm.resume("r", failing, journal=journal)
+    assert journal.head("r").status == "failed"  # not overwritten by the refusal
+    journal.tamper_drop_tail("r", len(journal.read("r")))
+    with pytest.raises(tm.JournalCorrupt, match="deleted"):
+        tm.resume("r", failing, journal=journal)
+
+
+def test_the_first_event_is_on_disk_before_anything_runs(tmp_path: Path) -> None:
+    journal = tmp_path / "runs.db"
+    seen: list[int] = []
+
+    @tm.step(name="peek")
+    def peek(q: Q) -> A:
+        with tm.SQLiteJournal(journal) as other:  # another connection, as after a kill -9
+            seen.append(len(other.read("p")))
+        return A(a="x")
+
+    tm.run(peek, {"q": "x"}, journal=journal, run_id="p")
+    assert seen == [1]

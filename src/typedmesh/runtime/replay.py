@@ -15,6 +15,7 @@ from ..errors import (
     InDoubtError,
     JournalCorrupt,
     NonDeterminismError,
+    RunNotFound,
 )
 from ..handoff import handoff_problems
 from ..journal import DEFAULT_JOURNAL, open_journal
@@ -66,8 +67,12 @@ class ReplayResult(Generic[Out]):
 
 def _verified(store: Journal, run_id: str) -> list[Event]:
     """A run's events, refused unless chain, blobs, anchored head and signature check out."""
-    events = store.read(run_id)
-    report = verify_events(run_id, events, store, store.head(run_id), key=journal_key())
+    head = store.head(run_id)  # RunNotFound only when the run was never registered
+    try:
+        events = store.read(run_id)
+    except RunNotFound:
+        events = []  # registered, then every event deleted: the head says how many
+    report = verify_events(run_id, events, store, head, key=journal_key())
     if not report.ok:
         raise JournalCorrupt(
             f"run {run_id!r} fails verification at event {report.bad_seq} "
@@ -121,13 +126,12 @@ async def aresume(
     recorded output; a tampered or truncated journal is refused.
     """
     store = open_journal(journal, must_exist=True, durability=durability)
+    before = store.head(run_id)  # its status stays if this resume is refused
+    status = before.status if before.status != "running" else "incomplete"
     lease = store.acquire(run_id, new_owner(), ttl=lease_ttl)
     sink = JournalSink(store, lease, ttl=lease_ttl)
-    status = "incomplete"
     try:
-        head = store.head(run_id)
         events = _verified(store, run_id)
-        status = head.status if head.status != "running" else "incomplete"
         index = index_events(events, store)
         validated, intent, recorded_budget, grant = _settings(flow, events[0], store)
         if in_doubt == "fail":

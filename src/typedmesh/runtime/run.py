@@ -129,6 +129,8 @@ async def drive(
     ctx = RunContext(state, flow.name, flow)
     ctx.emit(*first)
     sink = state.sink
+    if sink is not None:
+        sink.flush()  # the run's first event is on disk before anything runs
     heartbeat = asyncio.ensure_future(_heartbeat(sink)) if sink is not None else None
     if deadline is not None:
         state.deadline = time.monotonic() + deadline
@@ -354,6 +356,7 @@ def run(
     executor: Executor | None = None,
     subscribers: Sequence[EventSink] = (),
     target: str | None = None,
+    lease_ttl: float = DEFAULT_LEASE_TTL,
 ) -> RunResult[Out]:
     """Synchronous twin of ``arun``, for scripts; inside an event loop use ``arun``."""
     return run_sync(
@@ -370,5 +373,6 @@ def run(
             executor=executor,
             subscribers=subscribers,
             target=target,
+            lease_ttl=lease_ttl,
         )
     )
