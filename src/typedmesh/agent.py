@@ -309,8 +309,6 @@ def _invalid_json(model: type[BaseModel], raw: str, exc: json.JSONDecodeError) -
     )
 
 
-
-
 def _feedback(raw: str, verdict: str, problems: list[str]) -> list[Message]:
     listing = "\n".join(f"- {p}" for p in problems)
     return [
