@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 import typedmesh as tm
+from typedmesh.journal.base import Lease
 from typedmesh.journal.events import Event
+from typedmesh.journal.verify import blob_refs
+from typedmesh.runtime.reducer import TraceReducer
 from typedmesh.testing import crashed_copy
 
 otel_sdk = pytest.importorskip("opentelemetry.sdk.trace")
@@ -23,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 )
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
-from typedmesh.telemetry import export_run  # noqa: E402
+from typedmesh.telemetry import export_reduced, export_run  # noqa: E402
 
 
 class Task(BaseModel):
@@ -389,3 +392,120 @@ def test_importing_typedmesh_does_not_import_opentelemetry() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# -- one reducer: the spans of a live run are the spans of its journal -------------
+
+
+@tm.tool
+def annotated(order_id: str, ctx: tm.RunContext) -> str:
+    """Look up an order, noting a long trail (stored as a blob in the journal)."""
+    ctx.record("lookup.trail", order_id=order_id, trail=["hop"] * 400, source={"db": "orders"})
+    ctx.now()
+    return f"order {order_id} shipped"
+
+
+def noting_agent() -> tm.Agent[Order, Status]:
+    def respond(request: tm.ModelRequest) -> object:
+        if not any(m.role == "tool" for m in request.messages):
+            return {"tool_calls": [{"name": "annotated", "arguments": {"order_id": "42"}}]}
+        return {"status": "shipped"}
+
+    return tm.Agent("support", input=Order, output=Status, model=mini(respond), tools=[annotated])
+
+
+def exported(export: Any, *args: Any) -> list[ReadableSpan]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    export(*args, tracer_provider=provider)
+    return list(exporter.get_finished_spans())
+
+
+def span_tree(spans: Sequence[ReadableSpan]) -> list[tuple[Any, ...]]:
+    """Everything an exported span says, ids and parents included, in a stable order."""
+    return sorted(
+        (
+            s.name,
+            s.context.span_id,
+            s.context.trace_id,
+            s.parent.span_id if s.parent is not None else None,
+            s.kind.value,
+            s.start_time,
+            s.end_time,
+            s.status.status_code.value,
+            s.status.description,
+            sorted(attrs(s).items()),
+            [(e.name, e.timestamp, sorted(dict(e.attributes or {}).items())) for e in s.events],
+        )
+        for s in spans
+    )
+
+
+def failing_agent() -> tm.Agent[Task, Verdict]:
+    return tm.Agent(
+        "broken", input=Task, output=Verdict, model=mini(lambda r: "no json"), output_retries=1
+    )
+
+
+@pytest.mark.parametrize(
+    ("flow", "given"),
+    [
+        (debate_flow, Task(ticker="ACME")),
+        (support_agent, Order(order_id="42")),
+        (noting_agent, Order(order_id="42")),
+        (failing_agent, Task(ticker="ACME")),
+    ],
+    ids=["parallel", "tool", "records", "failed"],
+)
+def test_the_span_tree_of_a_live_run_equals_the_one_from_its_journal(
+    flow: Any, given: BaseModel
+) -> None:
+    journal = tm.MemoryJournal()
+    live = TraceReducer()  # fed each event as the run makes it, as the run's own reducer is
+    try:
+        run_id = tm.run(flow(), given, journal=journal, subscribers=[live]).run_id
+    except tm.RunError as exc:
+        run_id = exc.run_id or ""
+    from_journal = exported(export_run, journal, run_id)
+    assert from_journal and span_tree(exported(export_reduced, live)) == span_tree(from_journal)
+    if flow is noting_agent:  # the long trail is its blob's digest in both
+        agent_span = one(from_journal, "invoke_agent support")
+        trail = next(e for e in agent_span.events if e.name == "lookup.trail")
+        assert str(dict(trail.attributes or {})["trail"]).startswith("sha256:")
+        assert [e.name for e in agent_span.events] == ["lookup.trail", "clock"]
+
+
+class Tapped(tm.MemoryJournal):
+    """Keeps the events a run appends: the very (live) events its reducer was fed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tapped: list[Event] = []
+
+    def append(
+        self, lease: Lease, events: Sequence[Event], blobs: Mapping[str, bytes], **options: Any
+    ) -> Lease:
+        self.tapped.extend(events)
+        return super().append(lease, events, blobs, **options)
+
+
+def test_the_span_tree_of_a_resumed_run_equals_the_one_from_its_journal() -> None:
+    journal = tm.MemoryJournal()
+    tm.run(support_agent(), Order(order_id="42"), journal=journal, run_id="order-42")
+    cut = next(e.seq for e in journal.read("order-42") if e.type == "tool.result")
+    events = journal.read("order-42")[: cut + 1]
+    refs = {d for e in events for digests in blob_refs(e).values() for d in digests}
+    crashed = Tapped()
+    crashed.import_run(events, {d: journal.blob(d) for d in refs})  # crashed after the tool
+    crashed.tapped.clear()
+    tm.resume("order-42", support_agent(), journal=crashed)
+    # what resume does: the journal's events, then the run's own as it makes them
+    live = TraceReducer(crashed)
+    for event in events:
+        live.add(event)
+    for event in crashed.tapped:
+        live.add(event)
+    from_journal = exported(export_run, crashed, "order-42")
+    assert len(by_name(from_journal, "invoke_agent support")) == 2
+    assert span_tree(exported(export_reduced, live)) == span_tree(from_journal)

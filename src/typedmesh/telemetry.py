@@ -7,6 +7,12 @@ functions), each model call (``chat {model}``) and each tool call
 (``execute_tool {tool}``). Times come from the journal, not from the export,
 so a run can be exported any time after it happened, as often as wanted.
 
+The spans are a rendering of what the run's one reducer (``TraceReducer``,
+the same that gives ``RunResult.trace``, ``typedmesh trace`` and ``cost``)
+folded from the events: a step's attempts, each model and tool call, the
+events shown on them. ``export_reduced`` renders a reducer fed some other
+way, e.g. subscribed to a live run.
+
 Ids are deterministic when the provider is the OpenTelemetry SDK's: the trace
 id is the run id (when it is 32 hex digits; a digest of it otherwise) and a
 step's span id is its journal ``span_id``, so spans line up with
@@ -29,35 +35,21 @@ from typing import TYPE_CHECKING, Any
 from .errors import JournalError, MissingExtraError
 from .journal.base import Journal
 from .journal.events import Event, canonical_json
-from .journal.verify import load_payload
+from .models.base import Usage
 from .runtime.context import span_id as journal_span_id
+from .runtime.reducer import TraceReducer, reduce_events
+from .runtime.trace import Attempt, EffectCall, TraceNode
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
-__all__ = ["export_run"]
+__all__ = ["export_reduced", "export_run"]
 
 SCOPE = "typedmesh.telemetry"
 """The instrumentation scope of exported spans."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HEX32 = re.compile(r"[0-9a-f]{32}")
-_STRUCTURAL = frozenset(
-    {
-        "run.started",
-        "run.finished",
-        "run.failed",
-        "step.started",
-        "step.completed",
-        "step.failed",
-        "model.request",
-        "model.response",
-        "model.error",
-        "tool.started",
-    }
-)
-"""Events that open or close spans; every other event becomes a span event."""
-
 _ids_lock = threading.Lock()
 
 
@@ -69,6 +61,8 @@ class _Span:
     parent: _Span | None
     name: str
     kind: str  # "internal" or "client"
+    seq: int
+    """The journal sequence number of the event that started it: spans start in this order."""
     start: int
     attributes: dict[str, Any]
     end: int | None = None
@@ -79,11 +73,10 @@ class _Span:
         self.end = end
         self.attributes["typedmesh.status"] = status
 
-    def fail(self, end: int, payload: dict[str, Any], default_type: str) -> None:
-        error_type = str(payload.get("type") or default_type)
-        message = str(payload.get("message") or payload.get("error") or "")
+    def fail(self, end: int, error: tuple[str, str], default_type: str) -> None:
+        error_type = error[0] or default_type
         self.close(end, "failed")
-        self.error = (error_type, message)
+        self.error = (error_type, error[1])
         self.attributes["error.type"] = error_type
 
 
@@ -99,14 +92,28 @@ def export_run(
     Raises ``RunNotFound`` for an unknown run and ``MissingExtraError`` when
     the ``otel`` extra is not installed.
     """
-    otel = _load_otel()
+    _load_otel()
     events = journal.read(run_id)
-    spans = _build(journal, run_id, events)
+    if not events:
+        return 0
+    return export_reduced(reduce_events(events, journal), tracer_provider=tracer_provider)
+
+
+def export_reduced(reducer: TraceReducer, *, tracer_provider: TracerProvider | None = None) -> int:
+    """Export the run ``reducer`` folded; returns how many spans were exported.
+
+    The reducer may have been fed a journal's events (``export_run``) or a
+    run's events as they were made (a ``TraceReducer`` in ``subscribers``):
+    the spans are the same. What is still open is ended as the reducer's
+    ``finish`` ends it. Otherwise as ``export_run``.
+    """
+    otel = _load_otel()
+    spans = _build(reducer)
     provider = tracer_provider if tracer_provider is not None else otel.trace.get_tracer_provider()
     from . import __version__
 
     tracer = provider.get_tracer(SCOPE, __version__)
-    exported = _emit(otel, tracer, _trace_id(run_id), spans)
+    exported = _emit(otel, tracer, _trace_id(reducer.run_id), spans)
     flush = getattr(provider, "force_flush", None)
     if callable(flush):
         flush()
@@ -205,299 +212,225 @@ def _journal_ids(otel: _Otel, trace_id: int) -> Any:
     return JournalIds()
 
 
-# -- journal events -> spans -----------------------------------------------------
+# -- the reducer's result -> spans -------------------------------------------------
 
 
-def _build(journal: Journal, run_id: str, events: list[Event]) -> list[_Span]:
-    """Turn a run's events into spans, in start order (a parent before its children)."""
-    return _Builder(journal, run_id).build(events)
+def _build(reducer: TraceReducer) -> list[_Span]:
+    """The spans of what ``reducer`` folded, in start order (a parent before its children)."""
+    root = reducer.root
+    first = reducer.first
+    if root is None or first is None:
+        return []
+    reducer.finish()
+    run_id = reducer.run_id
+    run = _run_span(reducer, first)
+    spans = [run]
+    of_node: dict[int, list[_Span]] = {}
+    """Each node's spans, one per attempt."""
+    parents: dict[int, TraceNode] = {}
+    for node in root.walk():
+        for child in node.children:
+            parents[id(child)] = node
+        up = parents.get(id(node))
+        own = of_node[id(node)] = []
+        for number, attempt in enumerate(node.attempts):
+            parent = run if up is None or attempt.parent < 0 else of_node[id(up)][attempt.parent]
+            span = _step_span(run_id, node, number, attempt, parent)
+            own.append(span)
+            spans.append(span)
+    for call in reducer.calls:
+        owner = call.node
+        parent = run if owner is None or call.attempt < 0 else of_node[id(owner)][call.attempt]
+        spans.append(_call_span(reducer, call, parent))
+    spans.sort(key=lambda span: span.seq)
+    return spans
 
 
-class _Builder:
-    def __init__(self, journal: Journal, run_id: str) -> None:
-        self.journal = journal
-        self.run_id = run_id
-        self.spans: list[_Span] = []
-        self.root: _Span | None = None
-        self.current: dict[str, _Span] = {}
-        """The latest span for each journal span id (steps, and effects by their key)."""
-        self.by_path: dict[str, _Span] = {}
-        self.attempts: dict[str, int] = {}
-        self.open: dict[int, _Span] = {}
-        self.terminal: Event | None = None
-        self.last_ts = 0
+def _run_span(reducer: TraceReducer, first: Event) -> _Span:
+    flow = str(first.payload.get("flow") or first.path)
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "invoke_workflow",
+        "gen_ai.workflow.name": flow,
+        "typedmesh.run_id": reducer.run_id,
+        "typedmesh.flow": flow,
+    }
+    if first.type == "run.started" and first.payload.get("kind"):
+        attributes["typedmesh.step.kind"] = str(first.payload["kind"])
+    span = _Span(
+        span_id=_hex_int(journal_span_id(reducer.run_id, "")),
+        parent=None,
+        name=f"invoke_workflow {flow}",
+        kind="internal",
+        seq=first.seq,
+        start=_ns(first.ts),
+        attributes=attributes,
+        events=_notes(reducer.notes),
+    )
+    terminal = reducer.terminal
+    if terminal is None:
+        span.close(_ns(reducer.last_ts), "incomplete")
+    elif terminal.type == "run.failed":
+        span.fail(_ns(terminal.ts), _error_of(terminal.payload), "RunError")
+        if terminal.payload.get("step_path"):
+            attributes["typedmesh.error.step_path"] = terminal.payload["step_path"]
+    else:
+        span.close(_ns(terminal.ts), "ok")
+    attributes.update(_usage_attributes(reducer.usage))
+    return span
 
-    def build(self, events: list[Event]) -> list[_Span]:
-        for event in events:
-            ts = _ns(event.ts)
-            root = self.root or self._open_root(event, ts)
-            kind = event.type
-            if kind == "run.resumed":
-                self._close_open(self.last_ts, "cancelled" if self.terminal else "incomplete")
-                self._settle_terminal(root)
-                root.events.append((kind, _event_attributes(event), ts))
-            elif kind in ("run.finished", "run.failed"):
-                self._settle_terminal(root)
-                self.terminal = event
-                root.end = ts
-            elif kind == "step.started":
-                self._step_started(event, ts)
-            elif kind in ("step.completed", "step.failed"):
-                self._step_ended(event, ts)
-            elif kind == "model.request":
-                self._model_request(event, ts)
-            elif kind in ("model.response", "model.error"):
-                self._model_ended(event, ts)
-            elif kind == "tool.started":
-                self._tool_started(event, ts)
-            elif kind in ("tool.result", "tool.error") and self._effect_open(event):
-                self._tool_ended(event, ts)
-            elif kind in ("tool.result", "tool.error") and "key" in event.payload:
-                pass  # an older journal's ctx.record twin of the effect's own event
-            elif kind not in _STRUCTURAL:
-                target = self._owner(event) or root
-                target.events.append((kind, _event_attributes(event), ts))
-            self.last_ts = max(self.last_ts, ts)
-        if self.root is None:
-            return []
-        terminal = self.terminal
-        self._close_open(self.last_ts, "incomplete" if terminal is None else "cancelled")
-        if terminal is None:
-            self.root.close(self.last_ts, "incomplete")
-        elif terminal.type == "run.failed":
-            self.root.fail(_ns(terminal.ts), terminal.payload, "RunError")
-            if terminal.payload.get("step_path"):
-                self.root.attributes["typedmesh.error.step_path"] = terminal.payload["step_path"]
-        else:
-            self.root.close(_ns(terminal.ts), "ok")
-        if terminal is not None:
-            self.root.attributes.update(_usage_attributes(terminal.payload.get("usage")))
-        return self.spans
 
-    # -- the run -------------------------------------------------------------
+def _step_span(run_id: str, node: TraceNode, number: int, attempt: Attempt, parent: _Span) -> _Span:
+    agent = attempt.agent or {}
+    label = node.name if node.name != node.path else node.path.rpartition("/")[2]
+    step_kind = node.kind or "step"
+    step_name = agent.get("name") or label
+    attrs: dict[str, Any] = {}
+    if step_kind == "agent":
+        name = f"invoke_agent {step_name}"
+        attrs["gen_ai.operation.name"] = "invoke_agent"
+        attrs["gen_ai.agent.name"] = step_name
+        if agent.get("version"):
+            attrs["gen_ai.agent.version"] = agent["version"]
+        if agent.get("deployment"):
+            attrs["typedmesh.agent.deployment"] = agent["deployment"]
+    else:
+        name = step_name
+    attrs["typedmesh.step.path"] = node.path
+    attrs["typedmesh.step.kind"] = step_kind
+    attrs["typedmesh.step.name"] = label
+    journal_id = attempt.span_id or journal_span_id(run_id, node.path)
+    span = _new(run_id, journal_id, number, parent, name, "internal", attempt.seq, attempt.started)
+    span.attributes.update(attrs)
+    span.events = _notes(attempt.notes)
+    _end(span, attempt.ended, attempt.status, attempt.error, "RunError")
+    if attempt.status == "ok":
+        span.attributes.update(_usage_attributes(node.total_usage()))
+    return span
 
-    def _open_root(self, first: Event, ts: int) -> _Span:
-        flow = str(first.payload.get("flow") or first.path)
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "invoke_workflow",
-            "gen_ai.workflow.name": flow,
-            "typedmesh.run_id": self.run_id,
-            "typedmesh.flow": flow,
-        }
-        if first.type == "run.started" and first.payload.get("kind"):
-            attributes["typedmesh.step.kind"] = str(first.payload["kind"])
-        root = _Span(
-            span_id=_hex_int(journal_span_id(self.run_id, "")),
-            parent=None,
-            name=f"invoke_workflow {flow}",
-            kind="internal",
-            start=ts,
-            attributes=attributes,
-        )
-        self.root = root
-        self.spans.append(root)
-        return root
 
-    def _settle_terminal(self, root: _Span) -> None:
-        """A run that ended and was resumed: its earlier end becomes an event on the run."""
-        if self.terminal is not None:
-            event = self.terminal
-            root.events.append((event.type, _event_attributes(event), _ns(event.ts)))
-            self.terminal = None
-            root.end = None
-
-    def _close_open(self, end: int, status: str) -> None:
-        for span in self.open.values():
-            span.close(end, status)
-        self.open.clear()
-
-    # -- steps ---------------------------------------------------------------
-
-    def _new(
-        self, journal_id: str, parent: _Span, name: str, kind: str, ts: int, attrs: dict[str, Any]
-    ) -> _Span:
-        """A span for ``journal_id``; a second start of the same id (resume) gets a new id."""
-        attempt = self.attempts.get(journal_id, 0)
-        self.attempts[journal_id] = attempt + 1
-        previous = self.current.get(journal_id)
-        if previous is not None and previous.end is None:
-            self.open.pop(previous.span_id, None)
-            previous.close(self.last_ts, "incomplete")
-        otel_id = journal_id if attempt == 0 else _digest16(f"{journal_id}#{attempt}")
-        attrs["typedmesh.run_id"] = self.run_id
-        if attempt:
-            attrs["typedmesh.attempt"] = attempt
-        span = _Span(
-            span_id=_hex_int(otel_id),
-            parent=parent,
-            name=name,
-            kind=kind,
-            start=ts,
-            attributes=attrs,
-        )
-        self.current[journal_id] = span
-        self.open[span.span_id] = span
-        self.spans.append(span)
-        return span
-
-    def _step_started(self, event: Event, ts: int) -> None:
-        journal_id = event.span_id or journal_span_id(self.run_id, event.path)
-        parent = self.current.get(event.parent_span_id or "") or self._parent_by_path(event.path)
-        agent = event.agent or {}
-        step_kind = str(event.payload.get("kind", "step"))
-        label = str(event.payload.get("name") or event.path.rpartition("/")[2])
-        step_name = agent.get("name") or label
-        attrs: dict[str, Any] = {}
-        if step_kind == "agent":
-            name = f"invoke_agent {step_name}"
-            attrs["gen_ai.operation.name"] = "invoke_agent"
-            attrs["gen_ai.agent.name"] = step_name
-            if agent.get("version"):
-                attrs["gen_ai.agent.version"] = agent["version"]
-            if agent.get("deployment"):
-                attrs["typedmesh.agent.deployment"] = agent["deployment"]
-        else:
-            name = step_name
-        attrs["typedmesh.step.path"] = event.path
-        attrs["typedmesh.step.kind"] = step_kind
-        attrs["typedmesh.step.name"] = label
-        span = self._new(journal_id, parent, name, "internal", ts, attrs)
-        self.by_path[event.path] = span
-
-    def _step_ended(self, event: Event, ts: int) -> None:
-        span = self._owner(event)
-        if span is None or span.end is not None:
-            return
-        self.open.pop(span.span_id, None)
-        if event.type == "step.failed":
-            span.fail(ts, event.payload, "RunError")
-        else:
-            span.close(ts, "ok")
-            span.attributes.update(_usage_attributes(event.payload.get("usage")))
-
-    def _owner(self, event: Event) -> _Span | None:
-        """The span an event belongs to: by span id, else by step path."""
-        if event.span_id is not None and event.span_id in self.current:
-            return self.current[event.span_id]
-        return self.by_path.get(event.path)
-
-    def _parent_by_path(self, path: str) -> _Span:
-        parent_path = path.rpartition("/")[0]
-        found = self.by_path.get(parent_path) if parent_path else None
-        assert self.root is not None
-        return found or self.root
-
-    # -- model and tool calls ------------------------------------------------
-
-    def _effect_parent(self, event: Event) -> _Span:
-        return self._owner(event) or self._parent_by_path(event.path)
-
-    def _effect_open(self, event: Event) -> bool:
-        if event.key is None:
-            return False
-        span = self.current.get(journal_span_id(self.run_id, event.key))
-        return span is not None and span.end is None
-
-    def _effect_span(self, event: Event) -> _Span | None:
-        if event.key is None:
-            return None
-        span = self.current.get(journal_span_id(self.run_id, event.key))
-        if span is None or span.end is not None:
-            return None
-        self.open.pop(span.span_id, None)
-        return span
-
-    def _model_request(self, event: Event, ts: int) -> None:
-        key = event.key or f"{event.path}/model#?"
-        attrs: dict[str, Any] = {"gen_ai.operation.name": "chat"}
-        model = event.payload.get("model")
-        if model:
-            attrs["gen_ai.request.model"] = str(model)
-        if event.payload.get("provider"):
-            attrs["gen_ai.provider.name"] = str(event.payload["provider"])
-        attrs.update(self._request_attributes(event))
-        attrs["typedmesh.step.path"] = event.path
-        attrs["typedmesh.effect.key"] = key
-        name = f"chat {model}" if model else "chat"
-        parent = self._effect_parent(event)
-        self._new(journal_span_id(self.run_id, key), parent, name, "client", ts, attrs)
-
-    def _request_attributes(self, event: Event) -> dict[str, Any]:
-        try:
-            text = load_payload(event, self.journal, "request")
-            request = json.loads(text) if isinstance(text, str) else text
-        except (JournalError, ValueError):
-            return {}
-        if not isinstance(request, dict):
-            return {}
-        attrs: dict[str, Any] = {}
-        if request.get("temperature") is not None:
-            attrs["gen_ai.request.temperature"] = float(request["temperature"])
-        if request.get("max_tokens") is not None:
-            attrs["gen_ai.request.max_tokens"] = int(request["max_tokens"])
-        attrs["gen_ai.output.type"] = "json" if request.get("output_schema") else "text"
-        return attrs
-
-    def _model_ended(self, event: Event, ts: int) -> None:
-        span = self._effect_span(event)
-        if span is None:
-            return
-        if event.type == "model.error":
-            span.fail(ts, event.payload, "ModelError")
-            span.attributes["typedmesh.model.transient"] = bool(event.payload.get("transient"))
-            return
-        span.close(ts, "ok")
-        try:
-            response = load_payload(event, self.journal, "response")
-        except JournalError:
-            response = None
-        if not isinstance(response, dict):
-            return
-        model = str(response.get("model") or "")
-        if model:
-            span.attributes["gen_ai.response.model"] = model
-            if "gen_ai.request.model" not in span.attributes:
-                # the journal's request does not name the model: what answered is the best known
-                span.attributes["gen_ai.request.model"] = model
-                span.name = f"chat {model}"
-        usage = response.get("usage") or {}
-        span.attributes["gen_ai.usage.input_tokens"] = int(usage.get("input_tokens", 0))
-        span.attributes["gen_ai.usage.output_tokens"] = int(usage.get("output_tokens", 0))
-        calls = [
-            str(c.get("name")) for c in response.get("tool_calls") or [] if isinstance(c, dict)
-        ]
-        if calls:
-            span.attributes["typedmesh.response.tool_calls"] = calls
-
-    def _tool_started(self, event: Event, ts: int) -> None:
-        key = event.key or f"{event.path}/tool#?"
-        payload = event.payload
-        tool = str(payload.get("tool") or "tool")
-        attrs: dict[str, Any] = {
+def _call_span(reducer: TraceReducer, call: EffectCall, parent: _Span) -> _Span:
+    run_id = reducer.run_id
+    journal_id = journal_span_id(run_id, call.key)
+    attrs: dict[str, Any]
+    if call.kind == "model":
+        model = call.model or (call.served_model if call.status == "ok" else "")
+        attrs = {"gen_ai.operation.name": "chat"}
+        if model:  # a request that does not name the model: what answered is the best known
+            attrs["gen_ai.request.model"] = model
+        if call.provider:
+            attrs["gen_ai.provider.name"] = call.provider
+        attrs.update(_request_attributes(reducer, call))
+        name, kind, default = (f"chat {model}" if model else "chat"), "client", "ModelError"
+    else:
+        tool = call.tool or "tool"
+        attrs = {
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": tool,
-            "gen_ai.tool.call.id": key,
+            "gen_ai.tool.call.id": call.key,
             "gen_ai.tool.type": "function",
-            "typedmesh.step.path": event.path,
-            "typedmesh.effect.key": key,
         }
-        if payload.get("idempotency_key"):
-            attrs["typedmesh.tool.idempotency_key"] = str(payload["idempotency_key"])
-        if "idempotent" in payload:
-            attrs["typedmesh.tool.idempotent"] = bool(payload["idempotent"])
-        parent = self._effect_parent(event)
-        self._new(
-            journal_span_id(self.run_id, key), parent, f"execute_tool {tool}", "internal", ts, attrs
-        )
+        if call.idempotency_key:
+            attrs["typedmesh.tool.idempotency_key"] = str(call.idempotency_key)
+        if call.idempotent is not None:
+            attrs["typedmesh.tool.idempotent"] = call.idempotent
+        if call.in_doubt:
+            attrs["typedmesh.tool.in_doubt"] = call.in_doubt
+        name, kind, default = f"execute_tool {tool}", "internal", "ToolError"
+    attrs["typedmesh.step.path"] = call.path
+    attrs["typedmesh.effect.key"] = call.key
+    span = _new(run_id, journal_id, call.number, parent, name, kind, call.seq, call.started)
+    span.attributes.update(attrs)
+    _end(span, call.ended, call.status, call.error, default)
+    if call.kind == "model":
+        if call.transient is not None:
+            span.attributes["typedmesh.model.transient"] = call.transient
+        if call.served_model:
+            span.attributes["gen_ai.response.model"] = call.served_model
+        if call.usage is not None:
+            span.attributes["gen_ai.usage.input_tokens"] = call.usage.input_tokens
+            span.attributes["gen_ai.usage.output_tokens"] = call.usage.output_tokens
+        requested = _tool_calls(reducer, call)
+        if requested:
+            span.attributes["typedmesh.response.tool_calls"] = requested
+    return span
 
-    def _tool_ended(self, event: Event, ts: int) -> None:
-        span = self._effect_span(event)
-        if span is None:
-            return
-        if event.type == "tool.error":
-            span.fail(ts, event.payload, "ToolError")
-        else:
-            span.close(ts, "ok")
+
+def _new(
+    run_id: str,
+    journal_id: str,
+    number: int,
+    parent: _Span,
+    name: str,
+    kind: str,
+    seq: int,
+    started: str,
+) -> _Span:
+    """A span for the ``number``-th start of ``journal_id``; a start after the first
+    (a resumed run started it again) gets an id of its own."""
+    otel_id = journal_id if number == 0 else _digest16(f"{journal_id}#{number}")
+    attrs: dict[str, Any] = {"typedmesh.run_id": run_id}
+    if number:
+        attrs["typedmesh.attempt"] = number
+    return _Span(
+        span_id=_hex_int(otel_id),
+        parent=parent,
+        name=name,
+        kind=kind,
+        seq=seq,
+        start=_ns(started),
+        attributes=attrs,
+    )
+
+
+def _end(
+    span: _Span, ended: str | None, status: str, error: tuple[str, str] | None, default: str
+) -> None:
+    end = _ns(ended) if ended else span.start
+    if status == "failed":
+        span.fail(end, error or ("", ""), default)
+    else:
+        span.close(end, status)
+
+
+def _request_attributes(reducer: TraceReducer, call: EffectCall) -> dict[str, Any]:
+    """What the model request asked for, decoded from its event now, not during the run."""
+    request = _decoded(reducer, call.request, "request")
+    if not isinstance(request, dict):
+        return {}
+    attrs: dict[str, Any] = {}
+    if request.get("temperature") is not None:
+        attrs["gen_ai.request.temperature"] = float(request["temperature"])
+    if request.get("max_tokens") is not None:
+        attrs["gen_ai.request.max_tokens"] = int(request["max_tokens"])
+    attrs["gen_ai.output.type"] = "json" if request.get("output_schema") else "text"
+    return attrs
+
+
+def _tool_calls(reducer: TraceReducer, call: EffectCall) -> list[str]:
+    """The names of the tools the model's response asked for."""
+    response = _decoded(reducer, call.response, "response")
+    if not isinstance(response, dict):
+        return []
+    return [str(c.get("name")) for c in response.get("tool_calls") or [] if isinstance(c, dict)]
+
+
+def _decoded(reducer: TraceReducer, event: Event | None, name: str) -> Any:
+    """A payload field as JSON: a live event holds it as text, a journaled one decoded."""
+    if event is None:
+        return None
+    try:
+        value = reducer.load(event, name)
+        return json.loads(value) if isinstance(value, str) else value
+    except (JournalError, ValueError):
+        return None
+
+
+def _notes(events: list[Event]) -> list[tuple[str, dict[str, Any], int]]:
+    return [(event.type, _event_attributes(event), _ns(event.ts)) for event in events]
+
+
+def _error_of(payload: dict[str, Any]) -> tuple[str, str]:
+    return str(payload.get("type") or ""), str(payload.get("message") or payload.get("error") or "")
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -527,22 +460,31 @@ def _trace_id(run_id: str) -> int:
     return int(hashlib.sha256(f"typedmesh-run:{run_id}".encode()).hexdigest()[:32], 16) or 1
 
 
-def _usage_attributes(usage: Any) -> dict[str, Any]:
-    if not isinstance(usage, dict):
-        return {}
-    attrs: dict[str, Any] = {}
-    for name in ("input_tokens", "output_tokens", "model_calls", "tool_calls"):
-        if isinstance(usage.get(name), int):
-            attrs[f"typedmesh.usage.{name}"] = usage[name]
-    if isinstance(usage.get("cost_usd"), int | float):
-        attrs["typedmesh.usage.cost_usd"] = float(usage["cost_usd"])
-    return attrs
+def _usage_attributes(usage: Usage) -> dict[str, Any]:
+    return {
+        "typedmesh.usage.input_tokens": usage.input_tokens,
+        "typedmesh.usage.output_tokens": usage.output_tokens,
+        "typedmesh.usage.model_calls": usage.model_calls,
+        "typedmesh.usage.tool_calls": usage.tool_calls,
+        "typedmesh.usage.cost_usd": float(usage.cost_usd),
+    }
+
+
+def _stored_payload(event: Event) -> dict[str, Any]:
+    """The payload as the journal stores it: a large value is its blob's digest there."""
+    payload = event.payload
+    if not event.resolved or not event.refs:
+        return payload
+    stored = dict(payload)
+    for name, ref in event.refs.items():
+        stored[name] = len(ref[1]) if ref[0] == "parts" else ref[0]
+    return stored
 
 
 def _event_attributes(event: Event) -> dict[str, Any]:
     """A journal event's payload as span-event attributes (nested values as JSON)."""
     attrs: dict[str, Any] = {}
-    for name, value in event.payload.items():
+    for name, value in _stored_payload(event).items():
         if value is None:
             continue
         if isinstance(value, str | bool | int | float):

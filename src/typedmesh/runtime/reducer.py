@@ -8,11 +8,19 @@ status, duration, tokens, cost, models, notable events) and the run's usage;
 OpenTelemetry export use the same reducer on a journal's events, so a trace
 never differs between a live run and its journal.
 
+For the export it also keeps what spans need and the tree does not show:
+each start of a step (``TraceNode.attempts``), each model and tool call
+(``calls``: key, times, status, usage, error, in doubt), the events shown on
+them (``Attempt.notes``, ``notes`` for the run itself) and how the run ended
+(``terminal``). Times stay the journal's text; nothing is decoded or parsed
+for them while a run goes.
+
 Cost is what was recorded when the call was made, never re-priced.
 
 A run that crashed leaves steps started but never finished: they are marked
 ``incomplete``. Steps still open when the run failed were cancelled with it.
-On a resumed run a step that is started again is the same node, started over.
+On a resumed run a step that is started again is the same node, started over,
+with a second attempt; the first attempt stays ``incomplete``.
 """
 
 from __future__ import annotations
@@ -27,16 +35,18 @@ from ..journal.events import Event
 from ..journal.verify import load_payload
 from ..models.base import Usage
 from .kinds import kind_of_event
-from .trace import TraceNode
+from .trace import Attempt, EffectCall, TraceNode
 
 __all__ = [
     "TraceReducer",
+    "reduce_events",
     "step_outputs",
     "trace_from_events",
     "trace_to_dict",
 ]
 
 _TOOL_OUTCOMES = frozenset({"tool.result", "tool.error"})
+_STEP_ENDS = frozenset({"step.completed", "step.failed", "step.cancelled"})
 _LIFECYCLE = frozenset(
     {
         "run.started",
@@ -58,19 +68,20 @@ def _is_record(event: Event) -> bool:
     return kind not in _LIFECYCLE and kind_of_event(kind) is None
 
 
-def _recorded_usage(event: Event, journal: Journal | None) -> Usage:
-    """The usage and cost a ``model.response`` recorded when the call was made."""
-    usage = event.payload.get("usage")
-    if not isinstance(usage, dict):  # journal format 1: inside the response itself
-        response = load_payload(event, journal, "response") if journal is not None else None
-        usage = (response or {}).get("usage") if isinstance(response, dict) else None
-        usage = usage if isinstance(usage, dict) else {}
+def _usage(fields: Any) -> Usage:
+    """The usage and cost one model call recorded."""
+    usage = fields if isinstance(fields, dict) else {}
     return Usage(
         input_tokens=int(usage.get("input_tokens", 0)),
         output_tokens=int(usage.get("output_tokens", 0)),
         model_calls=1,
         cost_usd=float(usage.get("cost_usd", 0.0)),
     )
+
+
+def _error(payload: dict[str, Any]) -> tuple[str, str]:
+    """A recorded failure: (type, message), as its event's payload gives them."""
+    return str(payload.get("type") or ""), str(payload.get("message") or payload.get("error") or "")
 
 
 def add_usage(total: Usage, usage: Usage) -> None:
@@ -88,19 +99,31 @@ def _identity(agent: dict[str, str] | None) -> AgentIdentity | None:
 
 
 class TraceReducer:
-    """Folds a run's events into its trace tree and usage; an event sink."""
+    """Folds a run's events into its trace tree, usage and calls; an event sink."""
 
     def __init__(self, journal: Journal | None = None) -> None:
         self.journal = journal
         self.t0: datetime | None = None
         self.root: TraceNode | None = None
         self.nodes: dict[str, TraceNode] = {}
-        self.tool_names: dict[str, str] = {}
         self.tool_outcomes: set[str] = set()
-        self.requested: dict[str, str] = {}
         self.usage = Usage()
         """What the whole run has spent: every model response and tool result recorded."""
         self.by_model: dict[str, Usage] = {}
+        self.run_id = ""
+        self.first: Event | None = None
+        """The run's first event (``run.started``): where the run's span starts."""
+        self.last: Event | None = None
+        self.last_ts = ""
+        """The latest timestamp seen: where whatever a crash cut off ends."""
+        self.terminal: Event | None = None
+        """``run.finished`` or ``run.failed``, unless a resume came after it."""
+        self.notes: list[Event] = []
+        """Events shown on the run itself: resumes, and the ends a resume undid."""
+        self.calls: list[EffectCall] = []
+        """Every model and tool call, in the order they started."""
+        self.latest: dict[str, EffectCall] = {}
+        """The latest call for each effect key."""
 
     def accept(self, event: Event, blobs: Mapping[str, bytes]) -> None:
         self.add(event)
@@ -116,6 +139,12 @@ class TraceReducer:
         if event.resolved or self.journal is None:
             return event.payload.get(name)
         return load_payload(event, self.journal, name)
+
+    def fields(self, event: Event) -> dict[str, Any]:
+        """An event's payload with blob references resolved (the payload itself when live)."""
+        if event.resolved or self.journal is None:
+            return dict(event.payload)
+        return {name: load_payload(event, self.journal, name) for name in event.payload}
 
     def owner(self, path: str) -> TraceNode | None:
         """The node at ``path``, or its nearest ancestor that is a node (tool contexts)."""
@@ -140,58 +169,180 @@ class TraceReducer:
         else:  # started again after a resume: its notes are written again, but a
             # served tool call writes nothing, so its outcome stays
             node.events[:] = [e for e in node.events if e["event"] in _TOOL_OUTCOMES]
+            parent = None if node is self.root else self.owner(event.path.rpartition("/")[0])
         node.name, node.kind = name, kind
         node.identity = _identity(event.agent) or node.identity
         node.status, node.error, node.ended = "running", None, None
         node.started = self.clock(event.ts)
+        if event.type == "step.started":
+            attempts = node.attempts
+            if attempts and attempts[-1].status == "running":  # started again, no resume between
+                attempts[-1].ended, attempts[-1].status = self.last_ts, "incomplete"
+            under = -1 if parent is None else len(parent.attempts) - 1
+            attempts.append(Attempt(event.seq, event.ts, under, event.span_id, event.agent))
         return node
 
     def add(self, event: Event) -> None:
+        kind = event.type
         payload = event.payload
-        if event.type == "run.started":
+        if self.first is None:
+            self.first, self.run_id = event, event.run_id
+        if kind == "run.started":
             if self.root is None:
-                kind = str(payload.get("kind", "flow"))
-                self.start(event, str(payload.get("flow", event.path)), kind)
-        elif event.type == "step.started":
+                flow_kind = str(payload.get("kind", "flow"))
+                self.start(event, str(payload.get("flow", event.path)), flow_kind)
+        elif kind == "step.started":
             self.start(event, str(payload.get("name", event.path)), str(payload.get("kind", "")))
-        elif event.type in ("step.completed", "step.failed", "step.cancelled"):
-            node = self.nodes.get(event.path)
-            if node is None:
-                return
-            duration = payload.get("duration_ms")
-            if isinstance(duration, int | float):
-                node.ended = node.started + duration / 1000
-            else:
-                node.ended = self.clock(event.ts)
-            if event.type == "step.completed":
-                node.status = "ok"
-                node.output = event.attachment
-            elif event.type == "step.cancelled":
-                node.status, node.error = "cancelled", "cancelled"
-            else:
-                node.status = "failed"
-                node.error = f"{payload.get('type', 'Error')}: {payload.get('message', '')}"
-        elif event.type == "model.request" and event.key:
-            self.requested[event.key] = str(payload.get("model") or "")
-        elif event.type == "model.response" or (event.type == "model.error" and "usage" in payload):
-            self.model_response(event)
-        elif event.type == "tool.started" and event.key:
-            self.tool_names[event.key] = str(payload.get("tool", ""))
-        elif event.type in _TOOL_OUTCOMES:
+        elif kind in _STEP_ENDS:
+            self.step_ended(event)
+        elif kind == "model.request":
+            self.call_started(event, "model")
+        elif kind == "model.response" or kind == "model.error":
+            self.model_outcome(event)
+        elif kind == "tool.started":
+            self.call_started(event, "tool")
+        elif kind in _TOOL_OUTCOMES:
             self.tool_outcome(event)
-        elif _is_record(event):
-            node = self.owner(event.path)
-            if node is not None:
-                data = {name: self.load(event, name) for name in payload}
-                data["event"] = event.type
-                node.events.append(data)
+        elif kind == "run.finished" or kind == "run.failed":
+            if self.terminal is not None:  # two ends with no resume between: keep both
+                self.notes.append(self.terminal)
+            self.terminal = event
+        elif kind == "run.resumed":
+            self.close_open(self.last_ts, "incomplete" if self.terminal is None else "cancelled")
+            if self.terminal is not None:  # the end the resume undid stays as a note
+                self.notes.append(self.terminal)
+                self.terminal = None
+            self.notes.append(event)
+        else:
+            self.note(event)
+        self.last = event
+        if event.ts > self.last_ts:
+            self.last_ts = event.ts
 
-    def model_response(self, event: Event) -> None:
-        usage = _recorded_usage(event, self.journal)
-        name = self.requested.get(event.key or "") or str(event.payload.get("served_model") or "")
-        if not name and not event.resolved and self.journal is not None:  # format 1
-            response = load_payload(event, self.journal, "response")
-            name = str(response.get("model") or "") if isinstance(response, dict) else ""
+    def step_ended(self, event: Event) -> None:
+        node = self.nodes.get(event.path)
+        if node is None:
+            return
+        payload = event.payload
+        duration = payload.get("duration_ms")
+        if isinstance(duration, int | float):
+            node.ended = node.started + duration / 1000
+        else:
+            node.ended = self.clock(event.ts)
+        if event.type == "step.completed":
+            node.status = "ok"
+            node.output = event.attachment
+        elif event.type == "step.cancelled":
+            node.status, node.error = "cancelled", "cancelled"
+        else:
+            node.status = "failed"
+            node.error = f"{payload.get('type', 'Error')}: {payload.get('message', '')}"
+        attempt = node.attempts[-1] if node.attempts else None
+        if attempt is not None and attempt.status == "running":
+            attempt.ended, attempt.status = event.ts, node.status
+            if node.status == "failed":
+                attempt.error = _error(payload)
+
+    def note(self, event: Event) -> None:
+        """Any other event: a record on its node, and a note on what was running then."""
+        node = self.owner(event.path)
+        if node is not None and _is_record(event):
+            data = self.fields(event)
+            data["event"] = event.type
+            node.events.append(data)
+            if event.type == "tool.in_doubt" and event.key in self.latest:
+                self.latest[event.key].in_doubt = str(event.payload.get("resolution") or "")
+        self.attach(node, event)
+
+    def attach(self, node: TraceNode | None, event: Event) -> None:
+        """Show ``event`` on the current attempt of ``node`` (or on the run)."""
+        if node is not None and node.attempts:
+            node.attempts[-1].notes.append(event)
+        else:
+            self.notes.append(event)
+
+    def close_open(self, ts: str, status: str) -> None:
+        """End every attempt and call still running (a crash, or the run's end, cut them off)."""
+        if self.root is not None:
+            for node in self.root.walk():
+                if node.attempts and node.attempts[-1].status == "running":
+                    node.attempts[-1].ended, node.attempts[-1].status = ts, status
+        for call in self.latest.values():
+            if call.status == "running":
+                call.ended, call.status = ts, status
+
+    def call_started(self, event: Event, kind: str) -> EffectCall:
+        key = event.key or f"{event.path}/{kind}#?"
+        previous = self.latest.get(key)
+        if previous is not None and previous.status == "running":  # started again
+            previous.ended, previous.status = self.last_ts, "incomplete"
+        node = self.owner(event.path)
+        attempt = len(node.attempts) - 1 if node is not None else -1
+        number = 0 if previous is None else previous.number + 1
+        payload = event.payload
+        if kind == "model":
+            call = EffectCall(
+                kind,
+                key,
+                event.path,
+                event.seq,
+                event.ts,
+                node,
+                attempt,
+                number,
+                model=str(payload.get("model") or ""),
+                provider=str(payload.get("provider") or ""),
+                request=event,
+            )
+        else:
+            idempotent = payload.get("idempotent")
+            call = EffectCall(
+                kind,
+                key,
+                event.path,
+                event.seq,
+                event.ts,
+                node,
+                attempt,
+                number,
+                tool=str(payload.get("tool") or ""),
+                idempotency_key=payload.get("idempotency_key"),
+                idempotent=None if idempotent is None else bool(idempotent),
+            )
+        self.latest[key] = call
+        self.calls.append(call)
+        return call
+
+    def model_outcome(self, event: Event) -> None:
+        payload = event.payload
+        latest = self.latest.get(event.key) if event.key else None
+        usage: Usage | None = None
+        served = payload.get("served_model")
+        if event.type == "model.response" or "usage" in payload:
+            fields = payload.get("usage")
+            if (
+                (not isinstance(fields, dict) or "served_model" not in payload)
+                and event.type == "model.response"
+                and not event.resolved
+                and self.journal is not None
+            ):  # journal format 1: usage and model inside the response itself
+                response = load_payload(event, self.journal, "response")
+                if isinstance(response, dict):
+                    fields = fields if isinstance(fields, dict) else response.get("usage")
+                    served = served or response.get("model")
+            usage = _usage(fields)
+            self.count(event, usage, (latest.model if latest else "") or str(served or ""))
+        if latest is None or latest.status != "running":
+            return
+        latest.ended, latest.usage = event.ts, usage
+        if event.type == "model.error":
+            latest.status, latest.error = "failed", _error(payload)
+            latest.transient = bool(payload.get("transient"))
+        else:
+            latest.status, latest.served_model, latest.response = "ok", str(served or ""), event
+
+    def count(self, event: Event, usage: Usage, name: str) -> None:
+        """Add one model call's recorded usage to its node, the run and its model."""
         node = self.owner(event.path)
         if node is not None:
             add_usage(node.usage, usage)
@@ -209,13 +360,23 @@ class TraceReducer:
         Journals written before ``call_tool`` stopped journaling its own note
         hold a second ``tool.result``/``tool.error`` per call: the key dedupes.
         """
+        payload = event.payload
         key = event.key or ""
         node = self.owner(event.path)
+        call = self.latest.get(key) if key else None
+        if call is not None and call.status == "running":
+            call.ended = event.ts
+            if event.type == "tool.error":
+                call.status, call.error = "failed", _error(payload)
+            else:
+                call.status = "ok"
+        elif "key" not in payload:  # an outcome with no call running (an in-doubt call skipped)
+            self.attach(node, event)
         if node is None or key in self.tool_outcomes:
             return
         self.tool_outcomes.add(key)
-        payload = event.payload
-        tool = str(payload.get("tool") or self.tool_names.get(key, ""))
+        known = self.latest.get(key)
+        tool = str(payload.get("tool") or (known.tool if known is not None else ""))
         note: dict[str, Any] = {"event": event.type, "key": key, "tool": tool}
         if event.type == "tool.error":
             note["error"] = str(payload.get("error") or payload.get("message", ""))
@@ -224,13 +385,16 @@ class TraceReducer:
             self.usage.__dict__["tool_calls"] += 1
         node.events.append(note)
 
-    def finish(self, last: Event) -> TraceNode:
-        if self.root is None:
+    def finish(self, last: Event | None = None) -> TraceNode:
+        """The trace as the events so far leave it: what is still open was cut off."""
+        last = last if last is not None else self.last
+        if self.root is None or last is None:
             raise ValueError("a run's events must start with run.started or step.started")
         open_status = "cancelled" if last.type == "run.failed" else "incomplete"
         for node in self.root.walk():
             if node.status == "running":
                 node.status = open_status
+        self.close_open(self.last_ts, open_status)
         if last.type == "run.failed" and self.root.status == "cancelled":
             payload = last.payload
             self.root.status = "failed"

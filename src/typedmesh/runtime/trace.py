@@ -1,7 +1,10 @@
 """The trace: a tree of nodes, one per step invocation, built as a run goes.
 
-It is what ``RunResult.trace`` holds and what the CLI draws; the journal of
-a later layer records the same boundaries durably.
+It is what ``RunResult.trace`` holds and what the CLI draws. The reducer
+(``runtime/reducer.py``) builds it from the run's events; each node also
+keeps its ``attempts`` (one per start of the step: a resumed run may start a
+step again) and the reducer keeps one ``EffectCall`` per model or tool call,
+which is what the OpenTelemetry export renders as spans.
 """
 
 from __future__ import annotations
@@ -9,14 +12,88 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from ..contracts import AgentIdentity
 from ..models.base import Usage
 
-__all__ = ["TraceNode"]
+if TYPE_CHECKING:
+    from ..journal.events import Event
+
+__all__ = ["Attempt", "EffectCall", "TraceNode"]
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One start of a step, from its ``step.started`` to how that start ended.
+
+    A step runs once, but a resumed run starts again every step the crash
+    cut off: its node gets a second attempt, and the first one stays as the
+    crash left it (``incomplete``). Times are the journal's timestamps
+    (ISO 8601 text, parsed only by whoever needs them).
+    """
+
+    seq: int
+    """The ``step.started`` event's sequence number."""
+    started: str
+    parent: int
+    """The attempt of the parent node this one ran under (-1: under the run itself)."""
+    span_id: str | None = None
+    agent: dict[str, str] | None = None
+    """The agent identity its ``step.started`` recorded (a resume may run a newer version)."""
+    ended: str | None = None
+    status: str = "running"
+    """``running``, ``ok``, ``failed``, ``cancelled`` or ``incomplete`` (cut off by a crash)."""
+    error: tuple[str, str] | None = None
+    """The failure as recorded: (type, message)."""
+    notes: list[Event] = field(default_factory=list)
+    """The other events made during this attempt (records, retries, clock reads, ...)."""
+
+
+@dataclass(slots=True, eq=False)
+class EffectCall:
+    """One model or tool call, from its start event to its outcome.
+
+    A call a crash cut off and a resumed run started again is two calls with
+    the same key (``number`` 0, then 1). ``request`` and ``response`` are the
+    model call's events, kept so that their JSON is decoded only by whoever
+    wants it (the OpenTelemetry export), never while the run goes.
+    """
+
+    kind: str
+    """``model`` or ``tool``."""
+    key: str
+    path: str
+    """The path of the event that started it (a step's, or a tool context's)."""
+    seq: int
+    started: str
+    node: TraceNode | None
+    """The step that made the call."""
+    attempt: int
+    """Which of ``node.attempts`` made it (-1: none; the run itself)."""
+    number: int = 0
+    ended: str | None = None
+    status: str = "running"
+    """``running``, ``ok``, ``failed``, ``cancelled`` or ``incomplete`` (cut off by a crash)."""
+    error: tuple[str, str] | None = None
+    """The failure as recorded: (type, message)."""
+    model: str = ""
+    """The model asked for (the one the price table knows)."""
+    provider: str = ""
+    served_model: str = ""
+    """The model the response says answered."""
+    usage: Usage | None = None
+    """What the call cost as recorded (also for a failed call that was billed)."""
+    transient: bool | None = None
+    tool: str = ""
+    idempotency_key: str | None = None
+    idempotent: bool | None = None
+    in_doubt: str | None = None
+    """How a resume settled a call a crash left without an outcome (``retried``, ``skipped``)."""
+    request: Event | None = None
+    response: Event | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -25,7 +102,8 @@ class TraceNode:
 
     ``usage`` is what this node spent itself; ``total_usage()`` adds its
     children. ``events`` lists notable crossings (retries, validation
-    failures, tool calls and denials) in order.
+    failures, tool calls and denials) in order. ``attempts`` has one entry
+    per start of the step (more than one when a resumed run started it again).
     """
 
     name: str
@@ -42,6 +120,7 @@ class TraceNode:
     output: BaseModel | None = None
     children: list[TraceNode] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
 
     @property
     def duration_ms(self) -> float | None:
