@@ -156,3 +156,24 @@ def test_a_flow_with_provider_models_pickles_for_another_worker(
         assert agent.model is not None  # resolved, as after a run
     copy = pickle.loads(pickle.dumps(flow))
     assert [s.name for s in copy.walk()] == [s.name for s in flow.walk()]
+
+
+def test_a_run_deadline_stops_a_slow_run_and_journals_why() -> None:
+    import asyncio
+    import time
+
+    @tm.step(name="slow")
+    async def slow(q: Q) -> A:
+        await asyncio.sleep(5)
+        return A(a="late")
+
+    journal = tm.MemoryJournal()
+    started = time.perf_counter()
+    with pytest.raises(tm.DeadlineExceeded) as caught:
+        tm.run(slow, {"q": "x"}, journal=journal, run_id="d", deadline=0.2)
+    assert time.perf_counter() - started < 2
+    assert caught.value.run_id == "d"
+    last = journal.read("d")[-1]
+    assert last.type == "run.failed" and last.payload["type"] == "DeadlineExceeded"
+    with pytest.raises(tm.ConfigurationError):
+        tm.run(slow, {"q": "x"}, deadline=0)
