@@ -65,7 +65,7 @@ class ReplayResult(Generic[Out]):
     swapped: list[str] = field(default_factory=list)
 
 
-def _verified(store: Journal, run_id: str) -> list[Event]:
+def verified_events(store: Journal, run_id: str) -> list[Event]:
     """A run's events, refused unless chain, blobs, anchored head and signature check out."""
     head = store.head(run_id)  # RunNotFound only when the run was never registered
     try:
@@ -131,7 +131,7 @@ async def aresume(
     lease = store.acquire(run_id, new_owner(), ttl=lease_ttl)
     sink = JournalSink(store, lease, ttl=lease_ttl)
     try:
-        events = _verified(store, run_id)
+        events = verified_events(store, run_id)
         index = index_events(events, store)
         validated, intent, recorded_budget, grant = _settings(flow, events[0], store)
         if in_doubt == "fail":
@@ -223,7 +223,7 @@ async def areplay(
     """
     store = open_journal(journal, readonly=not isinstance(journal, Journal))
     try:
-        events = _verified(store, run_id)
+        events = verified_events(store, run_id)
         index = index_events(events, store)
         validated, intent, budget, grant = _settings(flow, events[0], store)
         for name, new in (swap or {}).items():

@@ -19,7 +19,7 @@ from ..journal.events import Event
 from ..journal.writer import EventLog, JournalSink
 from .effects import index_events
 from .kinds import EffectKind, kind_of_event
-from .replay import _verified
+from .replay import verified_events
 
 __all__ = ["record_result", "waiting_effects"]
 
@@ -27,7 +27,7 @@ __all__ = ["record_result", "waiting_effects"]
 def waiting_effects(run_id: str, *, journal: str | Path | Journal) -> list[str]:
     """The keys of a run's effects that wait for a result."""
     store = open_journal(journal, must_exist=True)
-    return sorted(_waiting(_verified(store, run_id), store))
+    return sorted(_waiting(verified_events(store, run_id), store))
 
 
 def _waiting(events: list[Event], store: Journal) -> dict[str, tuple[EffectKind, Event]]:
@@ -73,7 +73,7 @@ def record_result(
     store = open_journal(journal, must_exist=True)
     lease = store.acquire(run_id, new_owner(), ttl=10.0)
     try:
-        events = _verified(store, run_id)
+        events = verified_events(store, run_id)
         waiting = _waiting(events, store)
         if key not in waiting:
             raise ConfigurationError(
