@@ -91,12 +91,13 @@ class Event:
     """Payload fields stored as blobs: name -> [digest, is_json]. Hashed with the header."""
     resolved: bool = False
     """True for an event still in the process that emitted it: ``payload`` holds every
-    value in full (blob fields included; ``raw`` fields as JSON text)."""
+    value in full (blob fields included; ``raw`` fields as JSON text). Such an event of a
+    run no sink stores is not serialized: ``payload_json`` and ``hash`` are empty."""
     attachment: Any = None
     """In-process only, never stored: the typed value an event describes (a step's output)."""
 
     def __post_init__(self) -> None:
-        if not self.payload_json:
+        if not self.payload_json and not self.resolved:
             self.payload_json = dumps(self.payload)
         if self.agent is not None and self.agent_json is None:
             self.agent_json = dumps(self.agent)

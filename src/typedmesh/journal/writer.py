@@ -30,7 +30,14 @@ BLOB_THRESHOLD = 1024
 
 
 class EventSink(Protocol):
-    """Receives each event of a run as it is made, in order."""
+    """Receives each event of a run as it is made, in order.
+
+    A sink that needs events serialized and hash-chained (a journal, a
+    forwarder) says so with ``wants_bytes = True``; a sink without the
+    attribute is given them too. When no sink wants bytes, events carry their
+    payload only (``payload_json`` and ``hash`` empty), which keeps a run
+    without a journal cheap.
+    """
 
     def accept(self, event: Event, blobs: Mapping[str, bytes]) -> None: ...
 
@@ -38,7 +45,16 @@ class EventSink(Protocol):
 class EventLog:
     """Makes one run's events: sequence, chain, blobs; then hands them to the sinks."""
 
-    __slots__ = ("_agents", "_known", "prev_hash", "run_id", "seq", "sinks")
+    __slots__ = (
+        "_agents",
+        "_known",
+        "_seen_sinks",
+        "prev_hash",
+        "run_id",
+        "seq",
+        "serialize",
+        "sinks",
+    )
 
     def __init__(
         self,
@@ -52,8 +68,14 @@ class EventLog:
         self.seq = seq
         self.prev_hash = prev_hash
         self.sinks: list[EventSink] = list(sinks)
+        self.serialize = False
+        """Whether any sink needs events serialized and chained."""
+        self._seen_sinks = -1
         self._agents: dict[int, tuple[dict[str, str], str]] = {}
         self._known: set[str] = set()
+
+    def add_sink(self, sink: EventSink) -> None:
+        self.sinks.append(sink)
 
     def emit(
         self,
@@ -77,6 +99,13 @@ class EventLog:
         each, so a conversation re-sent on every call is stored once.
         ``attachment`` rides along in this process only (a step's typed output).
         """
+        if self._seen_sinks != len(self.sinks):  # sinks were added: who wants bytes now?
+            self._seen_sinks = len(self.sinks)
+            self.serialize = any(getattr(s, "wants_bytes", True) for s in self.sinks)
+        if not self.serialize:  # nobody stores it: no JSON, no hash, no blobs
+            return self._emit_unserialized(
+                type, path, payload, key, span_id, parent_span_id, agent, raw, parts, attachment
+            )
         blobs: dict[str, bytes] = {}
         refs: dict[str, list[Any]] | None = None
         payload_json = dumps(payload)  # encoded once: stored and hashed as is
@@ -111,6 +140,43 @@ class EventLog:
         self.seq += 1
         for sink in self.sinks:
             sink.accept(event, blobs)
+        return event
+
+    def _emit_unserialized(
+        self,
+        type: str,
+        path: str,
+        payload: dict[str, Any],
+        key: str | None,
+        span_id: str | None,
+        parent_span_id: str | None,
+        agent: dict[str, str] | None,
+        raw: dict[str, str] | None,
+        parts: dict[str, list[str]] | None,
+        attachment: Any,
+    ) -> Event:
+        if raw:
+            payload = {**payload, **raw}
+        if parts:
+            payload = {**payload, **parts}
+        event = Event(
+            run_id=self.run_id,
+            seq=self.seq,
+            type=type,
+            path=path,
+            ts=datetime.now(UTC).isoformat(),
+            payload=payload,
+            key=key,
+            span_id=span_id,
+            parent_span_id=parent_span_id,
+            agent=agent,
+            agent_json=self._agent_json(agent),
+            resolved=True,
+            attachment=attachment,
+        )
+        self.seq += 1
+        for sink in self.sinks:
+            sink.accept(event, _NO_BLOBS)
         return event
 
     def _agent_json(self, agent: dict[str, str] | None) -> str | None:
@@ -176,8 +242,13 @@ class EventLog:
         return (refs or None), dumps(out)
 
 
+_NO_BLOBS: Mapping[str, bytes] = {}
+
+
 class JournalSink:
     """Appends a run's events to a journal under its lease, in group commits."""
+
+    wants_bytes = True
 
     __slots__ = (
         "_blobs",
@@ -190,6 +261,7 @@ class JournalSink:
         "lease",
         "lost",
         "ttl",
+        "unsaved",
     )
 
     def __init__(
@@ -210,6 +282,8 @@ class JournalSink:
         self._key = journal_key()
         self.lost: BaseException | None = None
         self.last_append = time.monotonic()
+        self.unsaved = False
+        """A buffered result must be committed before the run's next effect."""
 
     def accept(self, event: Event, blobs: Mapping[str, bytes]) -> None:
         self._buffer.append(event)
@@ -226,6 +300,7 @@ class JournalSink:
             return
         events, blobs = self._buffer, self._blobs
         self._buffer, self._blobs = [], {}
+        self.unsaved = False
         last = events[-1]
         signature = sign_head(self._key, last.run_id, last.seq, last.hash)
         try:

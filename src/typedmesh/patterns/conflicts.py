@@ -145,7 +145,12 @@ def _compare(path: str, values: dict[str, Any], rules: _Rules, out: list[Conflic
     if rule.ignore:
         return
     distinct = list(values.values())
-    if all(rule.equal(a, b) for a, b in itertools.combinations(distinct, 2)):
+    if rule.tolerance or rule.relative:  # closeness is not transitive: every pair
+        same = all(rule.equal(a, b) for a, b in itertools.combinations(distinct, 2))
+    else:  # equality is: one pass against the first value
+        first = distinct[0]
+        same = all(rule.equal(first, b) for b in distinct[1:])
+    if same:
         return
     if all(isinstance(v, dict) for v in distinct):
         keys = [k for k in distinct[0] if all(k in v for v in distinct[1:])]

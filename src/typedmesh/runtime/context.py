@@ -198,6 +198,18 @@ class RunContext:
         if sink is not None:
             await sink.commit()
 
+    def unsaved(self) -> None:
+        """A result was recorded that must be durable before this run acts on it."""
+        sink = self._run.sink
+        if sink is not None:
+            sink.unsaved = True
+
+    async def settle(self) -> None:
+        """Commit if a recorded result is still waiting to be made durable."""
+        sink = self._run.sink
+        if sink is not None and sink.unsaved:
+            await sink.commit()
+
     def ensure_owned(self) -> None:
         """Before a live effect: the run is still ours (a fenced-out zombie stops here)."""
         sink = self._run.sink
@@ -215,6 +227,13 @@ class RunContext:
                 self._run.agent_dict(self.step),
             )
         return origin
+
+    @property
+    def keeps_requests(self) -> bool:
+        """Whether requests must be recorded in full: the run is journaled, resumed or
+        replayed (a run without a journal compares nothing and stores nothing)."""
+        run = self._run
+        return run.sink is not None or run.effects.mode != "live"
 
     def message_texts(self, messages: Sequence[Message]) -> list[str]:
         """Each message's JSON, cached per message object (a conversation is re-sent)."""

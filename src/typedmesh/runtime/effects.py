@@ -211,6 +211,7 @@ class Effects:
         if kind.durable_start:
             await ctx.commit()  # on disk (and our lease checked) before the side effect
         else:
+            await ctx.settle()  # a result this step is acting on is on disk first
             ctx.ensure_owned()
         try:
             result = await execute()
@@ -228,7 +229,10 @@ class Effects:
         fields, raw = kind.record_result(result)
         ctx.emit(kind.completed_type, fields, key=key, raw=raw)
         if kind.commit_result:
-            await ctx.commit()  # the result is durable before anything uses it
+            if kind.defer_commit:
+                ctx.unsaved()  # committed before the step's next effect or its end
+            else:
+                await ctx.commit()  # durable before anything uses it
         return result
 
     def perform_sync(

@@ -93,6 +93,10 @@ class EffectKind:
     """The start is committed before the effect runs: it has side effects outside."""
     commit_result: ClassVar[bool] = False
     """The result is committed before it is used: losing it would cost a repeat."""
+    defer_commit: ClassVar[bool] = False
+    """With ``commit_result``: the commit may wait until the step's next effect or its
+    completion, whichever comes first (a model response: the step only parses it in
+    between, so one commit serves the response and the step's end)."""
     may_wait: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -171,9 +175,12 @@ class ModelKind(EffectKind):
     completed_type = "model.response"
     failed_type = "model.error"
     commit_result = True
+    defer_commit = True
 
     def record_request(self, request: Any, ctx: RunContext) -> RequestRecord:
         assert isinstance(request, ModelRequest)
+        if not ctx.keeps_requests:  # a run nobody journals or replays: nothing to compare
+            return RequestRecord("", "", {})
         # each message is stored once, by digest: a conversation re-sent on every
         # round adds one message per round to the journal, not the whole history
         parts = ctx.message_texts(request.messages)

@@ -47,8 +47,9 @@ async def call_model(
             tracker = run.tracker
             if tracker is None:
                 return
+            size = len(record.text) if record.text else len(request.model_dump_json())
             try:
-                held.append(tracker.reserve(model.name, len(record.text), request.max_tokens))
+                held.append(tracker.reserve(model.name, size, request.max_tokens))
             except BudgetExceeded as exc:
                 ctx.record("budget.exceeded", limit=exc.limit, value=exc.value, spent=exc.spent)
                 raise

@@ -273,7 +273,8 @@ async def arun(
     )
     if executor is not None:
         state.executor = executor
-    state.log.sinks.extend(subscribers)
+    for subscriber in subscribers:
+        state.log.add_sink(subscriber)
     started = run_started_payload(flow, validated, state, target)
     if journal is None:
         return await drive(flow, validated, state, intent, ("run.started", started), None, deadline)
@@ -298,7 +299,7 @@ def attach_journal(state: RunState, store: Journal, sink: JournalSink) -> None:
     state.sink = sink
     state.reducer.journal = store
     state.effects.journal = store
-    state.log.sinks.append(sink)
+    state.log.add_sink(sink)
 
 
 def run_started_payload(
