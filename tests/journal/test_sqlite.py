@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 import typedmesh as tm
-from typedmesh.journal import Event, open_journal
+from typedmesh.journal import JOURNAL_SCHEMA_VERSION, Event, open_journal
 from typedmesh.journal import sqlite as sqlite_journal
 from typedmesh.journal.base import new_owner
 from typedmesh.journal.sqlite import MIGRATIONS
@@ -325,7 +325,7 @@ def test_a_schema_1_file_migrates_and_gets_heads_backfilled(tmp_path: Path) -> N
     golden = [e for e in rows if e.run_id != "old-crashed"]
     with tm.SQLiteJournal(path) as store:
         versions = [v for (v,) in store._db.execute("SELECT version FROM typedmesh_migrations")]
-        assert versions == [1, 2]
+        assert versions == [1, 2, 3]
         head = store.head(golden[0].run_id)
         assert (head.seq, head.hash, head.status) == (golden[-1].seq, golden[-1].hash, "finished")
         assert head.owner is None and head.signature is None and head.flow == "debate"
@@ -347,6 +347,7 @@ def test_a_schema_1_file_migrates_and_gets_heads_backfilled(tmp_path: Path) -> N
         assert [v for (v,) in again._db.execute("SELECT version FROM typedmesh_migrations")] == [
             1,
             2,
+            3,
         ]
 
 
@@ -365,7 +366,7 @@ def test_a_migration_another_process_already_ran_is_not_run_twice(tmp_path: Path
         assert slow.runs()
     with tm.SQLiteJournal(path) as store:
         versions = [v for (v,) in store._db.execute("SELECT version FROM typedmesh_migrations")]
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]
 
 
 def test_newer_schema_is_refused_and_file_untouched(tmp_path: Path) -> None:
@@ -388,7 +389,7 @@ def test_newer_rollback_journal_file_is_not_switched_to_wal(tmp_path: Path) -> N
     path = tmp_path / "newer.db"
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE typedmesh_migrations (version INTEGER NOT NULL)")
-    db.execute("INSERT INTO typedmesh_migrations VALUES (3)")
+    db.execute("INSERT INTO typedmesh_migrations VALUES (?)", (len(MIGRATIONS) + 1,))
     db.commit()
     db.close()
     before = path.read_bytes()
@@ -402,7 +403,7 @@ def test_event_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     journaled_run(path)
     db = sqlite3.connect(path)
-    db.execute("UPDATE events SET schema_version=3 WHERE seq=1")
+    db.execute("UPDATE events SET schema_version=? WHERE seq=1", (JOURNAL_SCHEMA_VERSION + 1,))
     db.commit()
     db.close()
     with tm.SQLiteJournal(path) as store, pytest.raises(tm.VersionMismatch):

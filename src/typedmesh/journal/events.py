@@ -31,13 +31,15 @@ __all__ = [
     "dumps",
 ]
 
-JOURNAL_SCHEMA_VERSION = 2
+JOURNAL_SCHEMA_VERSION = 3
 SCHEMA_VERSION_SUMMARIES: dict[int, str] = {
     1: "first format: events(run_id, seq, type, key, span, parent, path, agent, ts, payload, "
     "prev_hash, hash, schema_version) and content-addressed blobs",
     2: "blob references leave the payload: an event's `refs` (hashed with its header) name "
     "the payload fields stored as blobs, so a payload that merely contains {'$blob': ...} "
     "is data; a runs table anchors each run's head (last seq, hash, signature) and lease",
+    3: "events as in 2; the file drops its events-by-type index (runs are listed from "
+    "the runs table), one page write less per commit",
 }
 assert max(SCHEMA_VERSION_SUMMARIES) == JOURNAL_SCHEMA_VERSION, "add a summary for each version"
 
