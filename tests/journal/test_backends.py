@@ -75,10 +75,13 @@ def test_check_backend_reports_a_broken_backend() -> None:
             *,
             signature: str | None = None,
             ttl: float = 30.0,
+            release: str | None = None,
         ) -> Lease:
             head = self.head(lease.run_id)  # the bug: takes whatever lease the run has now
             forced = Lease(lease.run_id, head.owner or "", head.token, 0.0)
-            return super().append(forced, events, blobs, signature=signature, ttl=ttl)
+            return super().append(
+                forced, events, blobs, signature=signature, ttl=ttl, release=release
+            )
 
     results = {
         r.name: r

@@ -163,8 +163,12 @@ class Journal(ABC):
         *,
         signature: str | None = None,
         ttl: float = DEFAULT_LEASE_TTL,
+        release: str | None = None,
     ) -> Lease:
         """Store blobs and events and move the head, in one transaction.
+
+        ``release`` gives the run up with that status in the same transaction
+        (a run's last append), as ``release()`` would after it.
 
         Conditional on ``lease.token`` being the run's token and on
         ``events[0].seq`` directly following the head: else ``LeaseLost`` and

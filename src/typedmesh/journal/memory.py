@@ -94,6 +94,7 @@ class MemoryJournal(Journal):
         *,
         signature: str | None = None,
         ttl: float = DEFAULT_LEASE_TTL,
+        release: str | None = None,
     ) -> Lease:
         with self._lock:
             head = self._head(lease.run_id)
@@ -110,6 +111,9 @@ class MemoryJournal(Journal):
                 self._created[lease.run_id] = events[0].ts
             if events:
                 self._updated[lease.run_id] = events[-1].ts
+            if release is not None:
+                head = replace(head, owner=None, status=release)
+                expires = 0.0
             self._heads[lease.run_id] = replace(head, expires_at=expires)
             return replace(lease, expires_at=expires)
 

@@ -289,6 +289,7 @@ class SQLiteJournal(Journal):
         *,
         signature: str | None = None,
         ttl: float = DEFAULT_LEASE_TTL,
+        release: str | None = None,
     ) -> Lease:
         rows = [
             (
@@ -310,7 +311,10 @@ class SQLiteJournal(Journal):
             for e in events
         ]
         if not events:  # nothing to store: a heartbeat, refused to a lost lease
-            return self.renew(lease, ttl=ttl)
+            renewed = self.renew(lease, ttl=ttl)
+            if release is not None:
+                self.release(renewed, release)
+            return renewed
         check_batch(lease, events)  # the head is checked by the conditional UPDATE below
         expires = now() + ttl
         with self._transaction(f"append to run {lease.run_id!r}") as db:
@@ -318,14 +322,20 @@ class SQLiteJournal(Journal):
                 last = events[-1]
                 updated = db.execute(
                     "UPDATE runs SET head_seq = ?, head_hash = ?, head_sig = ?, expires_at = ?, "
-                    "updated_at = ? WHERE run_id = ? AND token = ? AND owner = ? "
+                    "updated_at = ?, created_at = COALESCE(created_at, ?), "
+                    "owner = CASE WHEN ? IS NULL THEN owner END, "
+                    "status = COALESCE(?, status) "
+                    "WHERE run_id = ? AND token = ? AND owner = ? "
                     "AND head_seq = ? AND head_hash = ?",
                     (
                         last.seq,
                         last.hash,
                         signature,
-                        expires,
+                        0.0 if release is not None else expires,
                         last.ts,
+                        events[0].ts,
+                        release,
+                        release,
                         lease.run_id,
                         lease.token,
                         lease.owner,
@@ -336,11 +346,6 @@ class SQLiteJournal(Journal):
                 if updated != 1:  # explain with the row as it is, then nothing is written
                     check_append(self._head(db, lease.run_id), lease, events)
                     raise JournalError(f"append to {lease.run_id!r} was refused")
-                if events[0].seq == 0:
-                    db.execute(
-                        "UPDATE runs SET created_at = ? WHERE run_id = ?",
-                        (events[0].ts, lease.run_id),
-                    )
                 if blobs:
                     db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", blobs.items())
                 db.executemany(

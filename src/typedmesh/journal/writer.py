@@ -292,11 +292,14 @@ class JournalSink:
         if len(self._buffer) >= self.batch_size:
             self.flush()
 
-    def flush(self) -> None:
-        """Append every buffered event (and its blobs) in one conditional transaction."""
+    def flush(self, *, release: str | None = None) -> None:
+        """Append every buffered event (and its blobs) in one conditional transaction;
+        with ``release``, give the run up with that status in the same transaction."""
         if self.lost is not None:
             raise self.lost
         if not self._buffer:
+            if release is not None:
+                self.journal.release(self.lease, release)
             return
         events, blobs = self._buffer, self._blobs
         self._buffer, self._blobs = [], {}
@@ -305,7 +308,7 @@ class JournalSink:
         signature = sign_head(self._key, last.run_id, last.seq, last.hash)
         try:
             self.lease = self.journal.append(
-                self.lease, events, blobs, signature=signature, ttl=self.ttl
+                self.lease, events, blobs, signature=signature, ttl=self.ttl, release=release
             )
         except BaseException as exc:
             self.lost = exc  # the chain in memory no longer matches the journal: stop

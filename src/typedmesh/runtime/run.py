@@ -213,8 +213,7 @@ def _finish(
     ctx.emit(type, payload)
     if sink is not None:
         with contextlib.suppress(TypedMeshError):
-            sink.flush()
-            sink.release(status)
+            sink.flush(release=status)  # the end and the lease's release: one transaction
 
 
 async def _heartbeat(sink: JournalSink | None) -> None:
