@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -85,7 +83,7 @@ class Head:
 
 def new_owner() -> str:
     """An owner id naming this host and process, so a dead local owner can be told."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
 def owner_is_dead(owner: str | None) -> bool:
@@ -94,7 +92,7 @@ def owner_is_dead(owner: str | None) -> bool:
         return True
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != os.uname().nodename or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():

@@ -42,7 +42,6 @@ import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -360,6 +359,8 @@ def parse_retry_after(
     if seconds is not None:
         return max(0.0, seconds)
     try:
+        from email.utils import parsedate_to_datetime  # rare: only for an HTTP date
+
         when = parsedate_to_datetime(raw.strip())
     except (TypeError, ValueError, IndexError):
         return None

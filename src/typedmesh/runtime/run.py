@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,7 +264,7 @@ async def arun(
         raise ConfigurationError(f"deadline must be > 0 seconds, got {deadline}")
     validated = coerce_input(flow, input)
     state = RunState(
-        run_id=run_id or uuid.uuid4().hex,
+        run_id=run_id or os.urandom(16).hex(),  # as random as uuid4, without its import
         intent=intent,
         budget=budget,
         grant=None if grant is None else frozenset(grant),
