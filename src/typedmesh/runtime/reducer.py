@@ -101,6 +101,9 @@ def _identity(agent: dict[str, str] | None) -> AgentIdentity | None:
 class TraceReducer:
     """Folds a run's events into its trace tree, usage and calls; an event sink."""
 
+    wants_bytes = False
+    """It reads payloads only: a run it alone follows is not serialized."""
+
     def __init__(self, journal: Journal | None = None) -> None:
         self.journal = journal
         self.t0: datetime | None = None
