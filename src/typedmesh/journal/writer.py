@@ -77,6 +77,13 @@ class EventLog:
     def add_sink(self, sink: EventSink) -> None:
         self.sinks.append(sink)
 
+    def serializing(self) -> bool:
+        """Whether events are serialized and chained: some sink wants their bytes."""
+        if self._seen_sinks != len(self.sinks):  # sinks were added: who wants bytes now?
+            self._seen_sinks = len(self.sinks)
+            self.serialize = any(getattr(s, "wants_bytes", True) for s in self.sinks)
+        return self.serialize
+
     def emit(
         self,
         type: str,
@@ -99,10 +106,7 @@ class EventLog:
         each, so a conversation re-sent on every call is stored once.
         ``attachment`` rides along in this process only (a step's typed output).
         """
-        if self._seen_sinks != len(self.sinks):  # sinks were added: who wants bytes now?
-            self._seen_sinks = len(self.sinks)
-            self.serialize = any(getattr(s, "wants_bytes", True) for s in self.sinks)
-        if not self.serialize:  # nobody stores it: no JSON, no hash, no blobs
+        if not self.serializing():  # nobody stores it: no JSON, no hash, no blobs
             return self._emit_unserialized(
                 type, path, payload, key, span_id, parent_span_id, agent, raw, parts, attachment
             )

@@ -411,7 +411,8 @@ async def invoke_traced(
     ctx.emit(
         "step.completed",
         {"duration_ms": _ms(started)},
-        raw={"output": output.model_dump_json()},
+        # the typed output rides along; its JSON only when the event is stored
+        raw={"output": output.model_dump_json()} if ctx._run.log.serializing() else None,
         attachment=output,
     )
     await ctx.commit()  # a finished step is durable before the next one starts
