@@ -46,11 +46,6 @@ class Budget:
             "max_plan_steps": self.max_plan_steps,
         }
 
-    def check(self, spent: Usage) -> None:
-        """Raise ``BudgetExceeded`` if another model call would cross a limit."""
-        tracker = BudgetTracker(self, spent)
-        tracker.release(tracker.reserve("", 0, None))
-
 
 @dataclass(slots=True)
 class Reservation:
