@@ -106,20 +106,21 @@ class EventLog:
         each, so a conversation re-sent on every call is stored once.
         ``attachment`` rides along in this process only (a step's typed output).
         """
-        if not self.serializing():  # nobody stores it: no JSON, no hash, no blobs
-            return self._emit_unserialized(
-                type, path, payload, key, span_id, parent_span_id, agent, raw, parts, attachment
-            )
+        serialize = self.serializing()
         blobs: dict[str, bytes] = {}
         refs: dict[str, list[Any]] | None = None
-        payload_json = dumps(payload)  # encoded once: stored and hashed as is
-        if len(payload_json) > BLOB_THRESHOLD:
-            refs, payload_json = self._externalize(payload, blobs)
+        payload_json = ""  # nobody stores it: no JSON, no hash, no blobs
+        if serialize:
+            payload_json = dumps(payload)  # encoded once: stored and hashed as is
+            if len(payload_json) > BLOB_THRESHOLD:
+                refs, payload_json = self._externalize(payload, blobs)
+            if raw:
+                refs, payload_json = self._splice(payload_json, raw, refs, blobs)
+            if parts:
+                refs, payload_json = self._parts(payload_json, parts, refs, blobs)
         if raw:
-            refs, payload_json = self._splice(payload_json, raw, refs, blobs)
             payload = {**payload, **raw}
         if parts:
-            refs, payload_json = self._parts(payload_json, parts, refs, blobs)
             payload = {**payload, **parts}
         event = Event(
             run_id=self.run_id,
@@ -139,48 +140,11 @@ class EventLog:
             resolved=True,
             attachment=attachment,
         )
-        event.hash = chain_hash(event)
-        self.prev_hash = event.hash
+        if serialize:
+            event.hash = self.prev_hash = chain_hash(event)
         self.seq += 1
         for sink in self.sinks:
             sink.accept(event, blobs)
-        return event
-
-    def _emit_unserialized(
-        self,
-        type: str,
-        path: str,
-        payload: dict[str, Any],
-        key: str | None,
-        span_id: str | None,
-        parent_span_id: str | None,
-        agent: dict[str, str] | None,
-        raw: dict[str, str] | None,
-        parts: dict[str, list[str]] | None,
-        attachment: Any,
-    ) -> Event:
-        if raw:
-            payload = {**payload, **raw}
-        if parts:
-            payload = {**payload, **parts}
-        event = Event(
-            run_id=self.run_id,
-            seq=self.seq,
-            type=type,
-            path=path,
-            ts=datetime.now(UTC).isoformat(),
-            payload=payload,
-            key=key,
-            span_id=span_id,
-            parent_span_id=parent_span_id,
-            agent=agent,
-            agent_json=self._agent_json(agent),
-            resolved=True,
-            attachment=attachment,
-        )
-        self.seq += 1
-        for sink in self.sinks:
-            sink.accept(event, _NO_BLOBS)
         return event
 
     def _agent_json(self, agent: dict[str, str] | None) -> str | None:
@@ -244,9 +208,6 @@ class EventLog:
                 out[name] = ref  # a placeholder: ``refs`` says it is a blob, not the value
                 refs[name] = [ref, not isinstance(value, str)]
         return (refs or None), dumps(out)
-
-
-_NO_BLOBS: Mapping[str, bytes] = {}
 
 
 class JournalSink:
