@@ -351,8 +351,14 @@ def test_a_waiting_run_exits_4_and_resumes_after_its_result(workdir: Path) -> No
     assert waiting.returncode == 4, waiting.stderr
     assert "RunWaiting" in waiting.stderr and "asker/ask_human#0" in waiting.stderr
     assert "Traceback" not in waiting.stderr
-    journal = workdir / ".typedmesh" / "runs.db"
-    tm.record_result("w1", "asker/ask_human#0", "yes", journal=journal, recorded_by="me")
+    listed = typedmesh(workdir, "waiting", "w1", "--json")
+    assert json.loads(listed.stdout) == {"run_id": "w1", "waiting": ["asker/ask_human#0"]}
+    recorded = typedmesh(
+        workdir, "record", "w1", "asker/ask_human#0", "--value", '"yes"', "--by", "me"
+    )
+    assert recorded.returncode == 0, recorded.stderr
+    again = typedmesh(workdir, "record", "w1", "asker/ask_human#0", "--value", '"no"')
+    assert again.returncode == 2 and "not waiting" in again.stderr  # one decision only
     done = typedmesh(workdir, "resume", "w1", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["output"] == {"text": "ok? -> yes"}

@@ -759,6 +759,48 @@ def resume_command(
     _print_run(f"[bold]{step.name}[/] run {escape(run_id)} {note}", result.output, trace, usage)
 
 
+@app.command("waiting")
+def waiting_command(
+    run_id: RunIdArg, journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonOpt = False
+) -> None:
+    """List the effects a waiting run waits for (give each a result with `record`)."""
+    from .runtime.waits import waiting_effects
+
+    with _journal(journal, as_json, readonly=True) as store:
+        keys = waiting_effects(run_id, journal=store)
+    if as_json:
+        print(json.dumps({"run_id": run_id, "waiting": keys}))
+        return
+    if not keys:
+        console.print(f"run {escape(run_id)} waits for nothing")
+    for key in keys:
+        console.print(key)
+
+
+@app.command("record")
+def record_command(
+    run_id: RunIdArg,
+    key: Annotated[str, typer.Argument(help="the waiting effect's key (see `waiting`)")],
+    value: Annotated[str, typer.Option("--value", help="the result as JSON, or @file.json")],
+    by: Annotated[
+        str | None, typer.Option("--by", help="who decided (journaled with the result)")
+    ] = None,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record the result a waiting run waits for; then `typedmesh resume` continues it."""
+    from .runtime.waits import record_result
+
+    with _user_errors(as_json):
+        result = _json_arg(value, "--value")
+    with _journal(journal, as_json) as store:
+        record_result(run_id, key, result, journal=store, recorded_by=by)
+    if as_json:
+        print(json.dumps({"run_id": run_id, "key": key, "recorded": True}))
+    else:
+        console.print(f"recorded {escape(key)}: resume with `typedmesh resume {escape(run_id)}`")
+
+
 @app.command("replay")
 def replay_command(
     run_id: RunIdArg,
