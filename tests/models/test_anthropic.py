@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anthropic
@@ -12,7 +12,6 @@ from fake_provider_server import (
     FakeProviderServer,
     anthropic_error,
     anthropic_message,
-    forbid_non_loopback,
 )
 from pydantic import BaseModel, Field
 
@@ -35,19 +34,6 @@ from typedmesh.models.anthropic import DEFAULT_MAX_TOKENS, AnthropicModel
 
 MODEL = "claude-haiku-4-5"
 
-ENV_VARS = [
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_AUTH_TOKEN",
-    "ANTHROPIC_BASE_URL",
-    "ANTHROPIC_CUSTOM_HEADERS",
-    "ANTHROPIC_PROFILE",
-    "ANTHROPIC_CONFIG_DIR",
-    "ANTHROPIC_IDENTITY_TOKEN",
-    "ANTHROPIC_IDENTITY_TOKEN_FILE",
-    "ANTHROPIC_FEDERATION_RULE_ID",
-    "ANTHROPIC_ORGANIZATION_ID",
-]
-
 
 class Report(BaseModel):
     title: str = Field(min_length=1)
@@ -63,21 +49,6 @@ WEATHER = ToolSchema(
         "required": ["city"],
     },
 )
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    attempts = forbid_non_loopback(monkeypatch)
-    yield
-    assert attempts == [], f"a test tried to reach {attempts}"
-
-
-@pytest.fixture
-def server() -> Iterator[FakeProviderServer]:
-    with FakeProviderServer() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import openai
 import pytest
 from fake_provider_server import (
     FakeProviderServer,
-    forbid_non_loopback,
     openai_completion,
     openai_error,
 )
@@ -33,16 +32,6 @@ from typedmesh.models import (
 )
 from typedmesh.models.openai import OpenAIModel
 
-ENV_VARS = [
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "OPENAI_ORG_ID",
-    "OPENAI_PROJECT_ID",
-    "OPENAI_ADMIN_KEY",
-    "OPENAI_CUSTOM_HEADERS",
-    "OPENAI_WEBHOOK_SECRET",
-]
-
 
 class Report(BaseModel):
     title: str
@@ -58,21 +47,6 @@ WEATHER = ToolSchema(
         "required": ["city"],
     },
 )
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    attempts = forbid_non_loopback(monkeypatch)
-    yield
-    assert attempts == [], f"a test tried to reach {attempts}"
-
-
-@pytest.fixture
-def server() -> Iterator[FakeProviderServer]:
-    with FakeProviderServer() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Real HTTP against the keep-alive fake (127.0.0.1 only), through the real SDKs.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from email.utils import formatdate
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 from fake_provider_server import (
     FakeProviderServer,
     anthropic_message,
-    forbid_non_loopback,
     openai_completion,
 )
 from pydantic import BaseModel
@@ -25,14 +23,6 @@ from typedmesh.errors import ConfigurationError, ModelError, TransientModelError
 from typedmesh.models import Message, Model, ModelRequest, resolve_model
 from typedmesh.models._sdk import parse_retry_after
 
-ENV_VARS = [
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_BASE_URL",
-    "ANTHROPIC_AUTH_TOKEN",
-    "TYPEDMESH_MODEL_TIMEOUT",
-]
 PROVIDERS = ["openai", "anthropic"]
 
 
@@ -42,22 +32,6 @@ class Question(BaseModel):
 
 class Answer(BaseModel):
     answer: str
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    attempts = forbid_non_loopback(monkeypatch)
-    yield
-    typedmesh.models.set_default_timeout(None)
-    assert attempts == [], f"a test tried to reach {attempts}"
-
-
-@pytest.fixture
-def server() -> Iterator[FakeProviderServer]:
-    with FakeProviderServer() as fake:
-        yield fake
 
 
 def spec(provider: str, server: FakeProviderServer, monkeypatch: pytest.MonkeyPatch) -> str:

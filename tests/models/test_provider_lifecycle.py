@@ -12,29 +12,19 @@ from __future__ import annotations
 import asyncio
 import gc
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fake_provider_server import (
     FakeProviderServer,
     anthropic_message,
-    forbid_non_loopback,
     openai_completion,
 )
 from pydantic import BaseModel
 
 import typedmesh as tm
 from typedmesh.models import Message, ModelRequest, resolve_model
-
-ENV_VARS = [
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_BASE_URL",
-    "ANTHROPIC_AUTH_TOKEN",
-    "TYPEDMESH_MODEL_TIMEOUT",
-]
 
 
 class Question(BaseModel):
@@ -43,21 +33,6 @@ class Question(BaseModel):
 
 class Answer(BaseModel):
     answer: str
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    attempts = forbid_non_loopback(monkeypatch)
-    yield
-    assert attempts == [], f"a test tried to reach {attempts}"
-
-
-@pytest.fixture
-def server() -> Iterator[FakeProviderServer]:
-    with FakeProviderServer() as fake:
-        yield fake
 
 
 PROVIDERS = ["openai", "anthropic"]
