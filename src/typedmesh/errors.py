@@ -30,6 +30,10 @@ catching that one class is enough to separate framework failures from bugs::
     │   ├── InDoubtError          a non-idempotent tool call may or may not have run
     │   ├── StaleVersion          an optimistic-lock race was lost
     │   └── AlreadyClaimed        a claim on a key is held by someone else
+    ├── StateError                a shared-state store refused or failed an operation
+    │   ├── StateUnavailable      the store is down or failed mid-operation
+    │   ├── InvalidStateValue     bad key, value too large, or fails its model
+    │   └── StateNotFound         update/delete of a key with no value
     └── JournalError              storage and integrity of journals
         ├── JournalCorrupt
         ├── VersionMismatch
@@ -56,6 +60,7 @@ __all__ = [
     "HandoffError",
     "InDoubtError",
     "InputValidationError",
+    "InvalidStateValue",
     "JournalCorrupt",
     "JournalError",
     "LeaseHeld",
@@ -71,6 +76,9 @@ __all__ = [
     "RunWaiting",
     "ScriptExhausted",
     "StaleVersion",
+    "StateError",
+    "StateNotFound",
+    "StateUnavailable",
     "StepFailed",
     "ToolDenied",
     "ToolError",
@@ -331,22 +339,79 @@ class InDoubtError(RunError):
 
 
 class StaleVersion(RunError):
-    """An optimistic-lock write lost its race: the stored version moved on."""
+    """An optimistic-lock write lost its race: the stored version moved on.
 
-    def __init__(self, key: str, *, expected: int, actual: int) -> None:
+    ``expected`` is the version the writer read (None: it expected no value),
+    ``actual`` the version found (0: there is no value); ``current`` is the
+    value found (JSON), so the loser can decide without another read.
+    """
+
+    def __init__(self, key: str, *, expected: int | None, actual: int, current: Any = None) -> None:
         self.key = key
         self.expected = expected
         self.actual = actual
-        super().__init__(f"stale version for {key!r}: expected {expected}, found {actual}")
+        self.current = current
+        want = "no value" if expected is None else f"version {expected}"
+        found = "no value" if actual == 0 else f"version {actual}"
+        super().__init__(f"stale version for {key!r}: expected {want}, found {found}")
 
 
 class AlreadyClaimed(RunError):
-    """A claim on a key is already held by another owner."""
+    """A claim on a key is held by someone else: who, for what, until when.
 
-    def __init__(self, key: str, *, owner: str) -> None:
+    ``holder`` is the claimant's identity as stamped by the framework (run id,
+    step path, agent name/version/deployment); ``owner`` is it in words.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        owner: str,
+        action: str = "",
+        holder: dict[str, Any] | None = None,
+        expires_at: float | None = None,
+    ) -> None:
         self.key = key
         self.owner = owner
-        super().__init__(f"{key!r} is already claimed by {owner!r}")
+        self.action = action
+        self.holder = holder or {}
+        self.expires_at = expires_at
+        what = f" for {action!r}" if action else ""
+        super().__init__(f"{key!r} is already claimed{what} by {owner}")
+
+
+class StateError(TypedMeshError):
+    """A shared-state store refused or failed an operation (not a lost race)."""
+
+    def __init__(self, message: str, *, store: str = "", key: str | None = None) -> None:
+        self.store = store
+        self.key = key
+        super().__init__(message)
+
+
+class StateUnavailable(StateError):
+    """The store cannot be reached or failed mid-operation; ``store`` names it."""
+
+
+class InvalidStateValue(StateError):
+    """A key or value the store will not hold: bad key, over the size limit, or a
+    value that fails its namespace's model (on write or on read)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        store: str = "",
+        key: str | None = None,
+        problems: list[str] | None = None,
+    ) -> None:
+        self.problems = problems or []
+        super().__init__(message, store=store, key=key)
+
+
+class StateNotFound(StateError):
+    """``update`` or ``delete`` of a key that has no value (and no default was given)."""
 
 
 class JournalError(TypedMeshError):
