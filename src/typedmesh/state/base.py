@@ -558,7 +558,8 @@ class Namespace(Generic[V]):
     def validate(self, key: str, value: Any) -> V:
         """``value`` as this namespace's model (a stored value that no longer fits it,
         or a value written that does not, is an ``InvalidStateValue``)."""
-        return validate_value(self.model, value, key=key, store=self.store.url)
+        checked: V = validate_value(self.model, value, key=key, store=self.store.url)
+        return checked
 
 
 def validate_value(model: type[Any] | None, value: Any, *, key: str, store: str) -> Any:
