@@ -41,6 +41,8 @@ __all__ = [
     "StateStore",
     "Versioned",
     "Writer",
+    "check_key",
+    "encode_checked",
     "encode_value",
 ]
 
@@ -436,46 +438,14 @@ class StateStore(ABC):
 
     def check_key(self, key: str, *, internal: bool = False) -> None:
         """Refuse a key the store cannot hold (empty, too long, control characters)."""
-        problem = None
-        if not isinstance(key, str) or not key:
-            problem = "a key must be a non-empty string"
-        elif len(key) > MAX_KEY_LENGTH:
-            problem = f"a key is at most {MAX_KEY_LENGTH} characters, this one has {len(key)}"
-        elif any(ord(c) < 32 or ord(c) == 127 for c in key):
-            problem = "a key may not contain control characters"
-        elif not internal and key.startswith(CLAIM_PREFIX):
-            problem = f"keys starting with {CLAIM_PREFIX!r} are reserved for claims"
-        else:
-            try:
-                key.encode("utf-8")
-            except UnicodeEncodeError:
-                problem = "a key must be valid Unicode text"
-        if problem:
-            raise InvalidStateValue(
-                f"invalid state key {str(key)[:80]!r}: {problem}", store=self.url, key=None
-            )
+        check_key(key, internal=internal, store=self.url)
 
     def check_size(self, key: str, text: str) -> None:
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if size > self.max_value_bytes:
-            raise InvalidStateValue(
-                f"value for {key!r} is {size} bytes of JSON; this store holds at most "
-                f"{self.max_value_bytes} per value",
-                store=self.url,
-                key=key,
-            )
+        check_size(key, text, limit=self.max_value_bytes, store=self.url)
 
     def encode(self, key: str, value: Any) -> str:
         """A value's JSON, checked: encodable, valid Unicode, within the size limit."""
-        try:
-            text = encode_value(value)
-            text.encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise InvalidStateValue(
-                f"value for {key!r} cannot be stored as JSON: {exc}", store=self.url, key=key
-            ) from exc
-        self.check_size(key, text)
-        return text
+        return encode_checked(key, value, limit=self.max_value_bytes, store=self.url)
 
     def _write_checked(
         self, key: str, text: str | None, expected: int | None, writer: Writer | None
@@ -491,6 +461,49 @@ class StateStore(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+def check_key(key: str, *, internal: bool = False, store: str = "") -> None:
+    """Refuse a key no store holds: empty, too long, control characters, reserved."""
+    problem = None
+    if not isinstance(key, str) or not key:
+        problem = "a key must be a non-empty string"
+    elif len(key) > MAX_KEY_LENGTH:
+        problem = f"a key is at most {MAX_KEY_LENGTH} characters, this one has {len(key)}"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in key):
+        problem = "a key may not contain control characters"
+    elif not internal and key.startswith(CLAIM_PREFIX):
+        problem = f"keys starting with {CLAIM_PREFIX!r} are reserved for claims"
+    else:
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "a key must be valid Unicode text"
+    if problem:
+        raise InvalidStateValue(f"invalid state key {str(key)[:80]!r}: {problem}", store=store)
+
+
+def check_size(key: str, text: str, *, limit: int = MAX_VALUE_BYTES, store: str = "") -> None:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise InvalidStateValue(
+            f"value for {key!r} is {size} bytes of JSON; the store holds at most {limit} per value",
+            store=store,
+            key=key,
+        )
+
+
+def encode_checked(key: str, value: Any, *, limit: int = MAX_VALUE_BYTES, store: str = "") -> str:
+    """A value's JSON, checked: encodable, valid Unicode, within ``limit`` bytes."""
+    try:
+        text = encode_value(value)
+        text.encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise InvalidStateValue(
+            f"value for {key!r} cannot be stored as JSON: {exc}", store=store, key=key
+        ) from exc
+    check_size(key, text, limit=limit, store=store)
+    return text
 
 
 class Namespace(Generic[V]):
