@@ -34,8 +34,10 @@ from .trace import TraceNode
 
 if TYPE_CHECKING:
     from ..journal.base import Journal
+    from ..state.base import StateStore
     from ..step import Gate, Step
     from ..tools import Tool
+    from .state_effects import RunStateAccess
 
 __all__ = ["RunContext", "RunState"]
 
@@ -69,6 +71,8 @@ class RunState:
     deadline: float | None = None
     """``time.monotonic()`` past which no new model or tool call starts."""
     message_json: dict[int, tuple[Message, str]] = field(default_factory=dict)
+    store: StateStore | None = None
+    """The shared state store ``ctx.state`` works on (None: the run has none)."""
 
     def __post_init__(self) -> None:
         if self.log is None:
@@ -140,6 +144,26 @@ class RunContext:
     def usage(self) -> Usage:
         """What the whole run has spent so far."""
         return self._run.usage
+
+    @property
+    def state(self) -> RunStateAccess:
+        """The run's shared state store; every operation is a journaled effect."""
+        from .state_effects import RunStateAccess
+
+        return RunStateAccess(self)
+
+    @property
+    def state_store(self) -> StateStore | None:
+        return self._run.store
+
+    @property
+    def replaying(self) -> bool:
+        """Whether every effect is served from the journal (nothing may run live)."""
+        return self._run.effects.mode == "replay" and not self.runs_live
+
+    def agent_identity(self) -> dict[str, str] | None:
+        """The identity (name, version, deployment) of the step this context serves."""
+        return self._run.agent_dict(self.step)
 
     @property
     def node(self) -> TraceNode:

@@ -253,11 +253,16 @@ class Effects:
         return value
 
     def unconsumed(self) -> list[str]:
-        """Recorded effects that the replayed flow never asked for, in journal order."""
+        """Recorded effects that the replayed flow never asked for, in journal order.
+
+        An effect made inside another (a state write inside a tool) is consumed
+        with it: a served tool call is not run again, so neither is its inside.
+        """
+        consumed = self.consumed
         left = [
             (rec.started_seq if rec.started_seq >= 0 else rec.seq, key)
             for key, rec in self.recorded.items()
-            if key not in self.consumed
+            if key not in consumed and not _inside_consumed(key, consumed)
         ]
         return [key for _, key in sorted(left)]
 
@@ -272,3 +277,14 @@ class Effects:
         if "messages" in (event.refs or {}):  # stored one message per blob
             request = {"messages": load_payload(event, self.journal, "messages"), **request}
         return request if isinstance(request, str) else dumps(request)
+
+
+def _inside_consumed(key: str, consumed: set[str]) -> bool:
+    """Whether ``key`` was made inside an effect that was consumed (its key a prefix)."""
+    cut = key.rfind("/")
+    while cut > 0:
+        key = key[:cut]
+        if "#" in key.rpartition("/")[2] and key in consumed:
+            return True
+        cut = key.rfind("/")
+    return False

@@ -25,6 +25,7 @@ from ..journal.events import Event, canonical_json, digest
 from ..journal.sqlite import Durability
 from ..journal.verify import load_payload, verify_events
 from ..journal.writer import JournalSink
+from ..state import StateStore, open_store
 from ..step import Step
 from .budget import Budget
 from .context import RunState
@@ -111,6 +112,7 @@ async def aresume(
     deadline: float | None = None,
     durability: Durability = "normal",
     lease_ttl: float = DEFAULT_LEASE_TTL,
+    state: StateStore | str | Path | None = None,
 ) -> RunResult[Out]:
     """Continue a run from its journal without repeating any journaled effect.
 
@@ -122,8 +124,10 @@ async def aresume(
     raises ``InDoubtError`` before anything is written, ``"retry"`` runs it
     again with the same idempotency key, ``"skip"`` records it as failed and
     tells the agent. ``budget`` replaces the recorded budget (it covers the
-    whole run, what was spent before included). A finished run returns its
-    recorded output; a tampered or truncated journal is refused.
+    whole run, what was spent before included). ``state`` is the shared
+    state store (default: the one the run recorded, reopened from its URL;
+    state writes journaled as applied are never applied again). A finished
+    run returns its recorded output; a tampered or truncated journal is refused.
     """
     store = open_journal(journal, must_exist=True, durability=durability)
     before = store.head(run_id)  # its status stays if this resume is refused
@@ -145,19 +149,20 @@ async def aresume(
     except BaseException:
         store.release(lease, status)
         raise
-    state = RunState(
+    run_state = RunState(
         run_id=run_id,
         intent=intent,
         budget=budget or recorded_budget,
         grant=grant,
         completed=index.completed,
         effects=Effects(recorded=index.effects, mode="resume", in_doubt=in_doubt),
+        store=_state_store(state, events[0]),
     )
-    state.log.seq, state.log.prev_hash = len(events), events[-1].hash
-    state.reducer.journal = store
+    run_state.log.seq, run_state.log.prev_hash = len(events), events[-1].hash
+    run_state.reducer.journal = store
     for event in events:  # the trace and usage so far: the reducer sees the whole run
-        state.reducer.add(event)
-    attach_journal(state, store, sink)
+        run_state.reducer.add(event)
+    attach_journal(run_state, store, sink)
     resumed = {
         "after_event": len(events) - 1,
         "in_doubt": in_doubt,
@@ -166,12 +171,22 @@ async def aresume(
     return await drive(
         flow,
         validated,
-        state,
+        run_state,
         intent,
         ("run.resumed", resumed),
         journal_label(journal),
         deadline,
     )
+
+
+def _state_store(state: StateStore | str | Path | None, started: Event) -> StateStore | None:
+    """The store a resumed run works on: the one given, else the one it recorded."""
+    if state is not None:
+        return open_store(state)
+    recorded = started.payload.get("state_store")
+    if not recorded or recorded == "memory:":
+        return None  # an in-memory store is gone with its process: ctx.state says so
+    return open_store(str(recorded))
 
 
 def _finished_result(
@@ -295,6 +310,7 @@ def resume(
     budget: Budget | None = None,
     deadline: float | None = None,
     durability: Durability = "normal",
+    state: StateStore | str | Path | None = None,
 ) -> RunResult[Out]:
     """Synchronous twin of ``aresume``."""
     return run_sync(
@@ -306,6 +322,7 @@ def resume(
             budget=budget,
             deadline=deadline,
             durability=durability,
+            state=state,
         )
     )
 

@@ -37,6 +37,7 @@ from ..journal.events import canonical_json, digest
 from ..journal.sqlite import Durability
 from ..journal.writer import EventSink, JournalSink
 from ..models.base import Usage
+from ..state import StateStore, open_store
 from ..step import Step
 from ..validation import error_lines
 from .budget import Budget
@@ -244,6 +245,7 @@ async def arun(
     subscribers: Sequence[EventSink] = (),
     target: str | None = None,
     lease_ttl: float = DEFAULT_LEASE_TTL,
+    state: StateStore | str | Path | None = None,
 ) -> RunResult[Out]:
     """Run ``flow`` on ``input`` and return its typed result.
 
@@ -255,36 +257,42 @@ async def arun(
     verified; ``durability`` is its fsync level (see ``docs/durability.md``).
     ``subscribers`` receive every event as it is made; ``target`` (e.g.
     ``"examples/bull_bear.py:flow"``) is recorded so ``typedmesh resume`` can
-    find the flow again. On failure the ``RunError`` carries ``run_id`` and
-    ``partial`` (the trace so far, with the output of every finished step).
+    find the flow again. ``state`` is the shared state store steps reach as
+    ``ctx.state`` (a ``StateStore`` or a URL: ``sqlite:///state.db``,
+    ``postgresql://...``, ``redis://...``); its URL is recorded for resume.
+    On failure the ``RunError`` carries ``run_id`` and ``partial`` (the trace
+    so far, with the output of every finished step).
     """
     if not isinstance(flow, Step):
         raise ConfigurationError(f"run() needs a Step, got {type(flow).__name__}")
     if deadline is not None and deadline <= 0:
         raise ConfigurationError(f"deadline must be > 0 seconds, got {deadline}")
     validated = coerce_input(flow, input)
-    state = RunState(
+    run_state = RunState(
         run_id=run_id or os.urandom(16).hex(),  # as random as uuid4, without its import
         intent=intent,
         budget=budget,
         grant=None if grant is None else frozenset(grant),
+        store=None if state is None else open_store(state),
     )
     if executor is not None:
-        state.executor = executor
+        run_state.executor = executor
     for subscriber in subscribers:
-        state.log.add_sink(subscriber)
-    started = run_started_payload(flow, validated, state, target)
+        run_state.log.add_sink(subscriber)
+    started = run_started_payload(flow, validated, run_state, target)
     if journal is None:
-        return await drive(flow, validated, state, intent, ("run.started", started), None, deadline)
+        return await drive(
+            flow, validated, run_state, intent, ("run.started", started), None, deadline
+        )
     from ..journal import open_journal
 
     store = open_journal(journal, durability=durability)
-    lease = store.create_run(state.run_id, new_owner(), flow=flow.name, ttl=lease_ttl)
-    attach_journal(state, store, JournalSink(store, lease, ttl=lease_ttl))
+    lease = store.create_run(run_state.run_id, new_owner(), flow=flow.name, ttl=lease_ttl)
+    attach_journal(run_state, store, JournalSink(store, lease, ttl=lease_ttl))
     return await drive(
         flow,
         validated,
-        state,
+        run_state,
         intent,
         ("run.started", started),
         journal_label(journal),
@@ -316,6 +324,7 @@ def run_started_payload(
         "intent": state.intent.model_dump(mode="json") if state.intent else None,
         "budget": None if budget is None else budget.to_dict(),
         "grant": None if state.grant is None else sorted(state.grant),
+        "state_store": None if state.store is None else state.store.url,
         "typedmesh": __version__,
     }
 
@@ -356,6 +365,7 @@ def run(
     subscribers: Sequence[EventSink] = (),
     target: str | None = None,
     lease_ttl: float = DEFAULT_LEASE_TTL,
+    state: StateStore | str | Path | None = None,
 ) -> RunResult[Out]:
     """Synchronous twin of ``arun``, for scripts; inside an event loop use ``arun``."""
     return run_sync(
@@ -373,5 +383,6 @@ def run(
             subscribers=subscribers,
             target=target,
             lease_ttl=lease_ttl,
+            state=state,
         )
     )

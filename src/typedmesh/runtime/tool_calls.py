@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from ..errors import StepFailed, ToolDenied, ToolError, TypedMeshError
+from ..errors import (
+    AlreadyClaimed,
+    StaleVersion,
+    StepFailed,
+    ToolDenied,
+    ToolError,
+    TypedMeshError,
+)
 from ..validation import error_lines
 from .kinds import TOOL
 
@@ -63,6 +70,10 @@ async def call_tool(ctx: RunContext, run: RunState, tool: Tool, arguments: dict[
     async def execute() -> Any:
         try:
             return tool.to_jsonable(await tool.execute(parsed, tool_ctx))
+        except (AlreadyClaimed, StaleVersion) as exc:
+            # a lost claim or race is the model's to hear about (and report), like a
+            # denial; the conflict itself is journaled by the state effect that lost
+            raise ToolError(f"tool {tool.name!r} did not act: {exc}", tool=tool.name) from exc
         except TypedMeshError:
             raise
         except tool.retry_on as exc:
