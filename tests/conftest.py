@@ -21,3 +21,8 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ):
         monkeypatch.delenv(var, raising=False)
     yield
+
+
+# Session-scoped PostgreSQL and Redis servers (postgres_url, redis_url, pg_schema, ...):
+# started on first use, stopped at the end; see tests/servers_plugin.py.
+pytest_plugins = ["servers_plugin"]
