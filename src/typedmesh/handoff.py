@@ -531,6 +531,13 @@ class Handoff:
             self._convert = _identity
             return
         fields = dst.model_fields
+        if not fields and dst.model_config.get("extra") == "allow":
+            # a target that takes anything (a reconcile step): every field passes on
+            def carry(value: BaseModel) -> BaseModel:
+                return dst.model_validate(value.model_dump())
+
+            self._convert = carry
+            return
         pairs = [(name, source_field(src, name, field)) for name, field in fields.items()]
         mapping = {_input_key(dst, d, fields[d]): s for d, s in pairs if s is not None}
         include = set(mapping.values())

@@ -4,17 +4,35 @@ from .conflicts import Compare, detect_conflicts
 from .loop import Loop, loop
 from .orchestrate import Orchestrate, orchestrate
 from .parallel import Parallel, parallel
+from .reconcile import (
+    Changes,
+    Invariant,
+    Reconcile,
+    ReconcileReport,
+    StateChange,
+    Violation,
+    invariant,
+    reconcile,
+)
 from .sequential import Sequential, sequential
 
 __all__ = [
+    "Changes",
     "Compare",
+    "Invariant",
     "Loop",
     "Orchestrate",
     "Parallel",
+    "Reconcile",
+    "ReconcileReport",
     "Sequential",
+    "StateChange",
+    "Violation",
     "detect_conflicts",
+    "invariant",
     "loop",
     "orchestrate",
     "parallel",
+    "reconcile",
     "sequential",
 ]
