@@ -24,7 +24,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generic, Self, TypeVar, cast, overload
 
 from pydantic import BaseModel, ValidationError
@@ -235,7 +235,8 @@ class StateStore(ABC):
         version and True, applying nothing. Else return (new version, False);
         the new version is one more than the key's last version, a delete's
         included. A lost race raises ``StaleVersion`` with the live version (0
-        if none) and its JSON text as ``current``.
+        if none) and its value as ``current`` (the stored JSON parsed; None if
+        none), applying nothing.
         """
 
     @abstractmethod
@@ -396,7 +397,7 @@ class StateStore(ABC):
                 raise found.refusal()
             claim = Claim(key, action, writer, at, None if ttl is None else at + ttl, 0)
             try:
-                version, _ = self._write_checked(
+                version, applied = self._write_checked(
                     ckey,
                     encode_value(claim.to_value()),
                     None if found is None else found.version,
@@ -404,11 +405,15 @@ class StateStore(ABC):
                 )
             except StaleVersion:
                 continue  # someone claimed (or released) in between: look again
+            if not applied:
+                return Claim(key, action, writer, at, claim.expires_at, version)
             # a retried write (same write_id) returns the version it made earlier
             held = self.claim_of(key, now=at, include_expired=True)
-            if held is not None and held.version == version:
+            if held is not None and held.version == version and held.live(at):
                 return held
-            return Claim(key, action, writer, at, claim.expires_at, version)
+            # the claim that write_id made was released or has expired since: claim
+            # afresh (the holder, not the write id, is what makes a claim idempotent)
+            writer = replace(writer, write_id=None)
 
     def release(self, key: str, *, writer: Writer) -> bool:
         """Give up a claim held by ``writer``; False if it holds none (nothing changes)."""
@@ -416,6 +421,10 @@ class StateStore(ABC):
         found = self.claim_of(key, include_expired=True)
         if found is None or not found.holder.same_holder(writer):
             return False
+        if writer.write_id is not None:
+            # the claim was written under this write_id: reusing it would make the
+            # release a "retry" of the claim, which applies nothing
+            writer = replace(writer, write_id=f"{writer.write_id}:release@{found.version}")
         try:
             self._write_checked(CLAIM_PREFIX + key, None, found.version, writer)
         except StaleVersion:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
-from itertools import count
+from dataclasses import replace
 
 from ..errors import StaleVersion
 from .base import StateRecord, StateStore, Writer
@@ -23,8 +23,7 @@ class MemoryStateStore(StateStore):
         self._lock = threading.Lock()
         self._versions: dict[str, list[tuple[StateRecord, str | None]]] = {}
         self._by_write_id: dict[tuple[str, str], int] = {}
-        self._order: list[tuple[int, StateRecord]] = []
-        self._seq = count()
+        self._order: list[tuple[StateRecord, str | None]] = []
 
     def _read(self, key: str) -> tuple[int, str] | None:
         with self._lock:
@@ -52,7 +51,7 @@ class MemoryStateStore(StateStore):
             record = StateRecord(
                 key=key,
                 version=version,
-                value=None if text is None else json.loads(text),
+                value=None,  # parsed afresh on every read: callers get copies
                 deleted=text is None,
                 written_at=now,
                 writer=writer,
@@ -60,19 +59,19 @@ class MemoryStateStore(StateStore):
             versions.append((record, text))
             if writer.write_id is not None:
                 self._by_write_id[key, writer.write_id] = version
-            self._order.append((next(self._seq), record))
+            self._order.append((record, text))
             return version, False
 
     def _history(self, key: str) -> list[StateRecord]:
         with self._lock:
-            return [record for record, _ in self._versions.get(key, [])]
+            return [_copy(record, text) for record, text in self._versions.get(key, [])]
 
     def _writes(self, run_ids: Sequence[str] | None, prefix: str) -> list[StateRecord]:
         wanted = None if run_ids is None else set(run_ids)
         with self._lock:
             return [
-                record
-                for _, record in self._order
+                _copy(record, text)
+                for record, text in self._order
                 if record.key.startswith(prefix)
                 and (wanted is None or record.writer.run_id in wanted)
             ]
@@ -84,3 +83,8 @@ class MemoryStateStore(StateStore):
                 for key, versions in self._versions.items()
                 if key.startswith(prefix) and versions and versions[-1][1] is not None
             )
+
+
+def _copy(record: StateRecord, text: str | None) -> StateRecord:
+    """The record with its value parsed from the stored text (a copy the caller may change)."""
+    return record if text is None else replace(record, value=json.loads(text))
