@@ -8,6 +8,7 @@ from .kinds import PENDING, EffectKind, register_kind
 from .replay import FieldChange, ReplayResult, areplay, aresume, replay, resume
 from .retry import RetryPolicy
 from .run import RunResult, arun, run
+from .state_effects import RunStateAccess  # registers the state kinds: resume must know them
 from .trace import TraceNode
 from .waits import record_result, waiting_effects
 
@@ -23,6 +24,7 @@ __all__ = [
     "RetryPolicy",
     "RunContext",
     "RunResult",
+    "RunStateAccess",
     "TraceNode",
     "areplay",
     "aresume",

@@ -169,7 +169,12 @@ class Effects:
                     )
                 raise Suspend(key)
             if rec.status == "started":
-                if self.mode == "replay":
+                if rec.request_digest and rec.request_digest != record.digest:
+                    if self.mode != "whatif":  # a retry in doubt must be the same request
+                        raise NonDeterminismError(
+                            key, expected=self.recorded_request(kind, rec), actual=record.text
+                        )
+                elif self.mode == "replay":
                     raise NonDeterminismError(
                         key,
                         expected="a recorded result",
