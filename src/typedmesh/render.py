@@ -81,6 +81,12 @@ def _decorate(branch: Tree, node: TraceNode) -> None:
         }:
             detail = {k: v for k, v in event.items() if k != "event"}
             branch.add(Text(f"{kind} {detail}", style="yellow"))
+        elif kind == "state.written":
+            version = f" -> v{event['version']}" if "version" in event else ""
+            branch.add(Text(f"state {event['op']} {event['key']}{version}", style="green"))
+        elif kind in {"state.conflict", "state.in_doubt", "reconcile.conflict"}:
+            detail = {k: v for k, v in event.items() if k != "event"}
+            branch.add(Text(f"{kind} {detail}", style="yellow"))
         elif kind == "conflicts.detected":
             fields = ", ".join(c["field"] for c in event["conflicts"])
             branch.add(Text(f"conflicts detected: {fields}", style="yellow"))

@@ -127,6 +127,8 @@ class TraceReducer:
         """Every model and tool call, in the order they started."""
         self.latest: dict[str, EffectCall] = {}
         """The latest call for each effect key."""
+        self.state_writes: dict[str, tuple[str, str]] = {}
+        """Each state write's (op, state key), by effect key, until its outcome."""
 
     def accept(self, event: Event, blobs: Mapping[str, bytes]) -> None:
         self.add(event)
@@ -206,6 +208,11 @@ class TraceReducer:
             self.call_started(event, "tool")
         elif kind in _TOOL_OUTCOMES:
             self.tool_outcome(event)
+        elif kind == "state.write":
+            self.state_writes[event.key or ""] = (str(payload.get("op")), str(payload.get("key")))
+            self.attach(self.owner(event.path), event)
+        elif kind == "state.written" or kind == "state.conflict":
+            self.state_outcome(event)
         elif kind == "run.finished" or kind == "run.failed":
             if self.terminal is not None:  # two ends with no resume between: keep both
                 self.notes.append(self.terminal)
@@ -245,6 +252,22 @@ class TraceReducer:
             attempt.ended, attempt.status = event.ts, node.status
             if node.status == "failed":
                 attempt.error = _error(payload)
+
+    def state_outcome(self, event: Event) -> None:
+        """A state write's outcome, on its step: which key, the version made, or the conflict."""
+        node = self.owner(event.path)
+        op, key = self.state_writes.pop(event.key or "", ("write", "?"))
+        note: dict[str, Any] = {"event": event.type, "op": op, "key": key}
+        payload = event.payload
+        if event.type == "state.written":
+            result = payload.get("result")
+            if isinstance(result, dict) and "version" in result:
+                note["version"] = result["version"]
+        else:
+            note["error"] = f"{payload.get('type', 'Error')}: {payload.get('message', '')}"
+        if node is not None:
+            node.events.append(note)
+        self.attach(node, event)
 
     def note(self, event: Event) -> None:
         """Any other event: a record on its node, and a note on what was running then."""
