@@ -268,3 +268,25 @@ def test_a_claim_expires_and_can_be_released() -> None:
     time.sleep(0.02)
     journal = tm.MemoryJournal()
     tm.run(holder, {"order_id": "1"}, state=store, journal=journal, run_id="r")
+
+
+def test_a_what_if_runs_the_swapped_steps_state_on_the_store_it_is_given() -> None:
+    store = MemoryStateStore()
+    store.create("stock:A1", {"sku": "A1", "left": 3})
+    journal = tm.MemoryJournal()
+    tm.run(take, {"sku": "A1"}, journal=journal, run_id="r1", state=store)
+
+    @tm.step(name="take")
+    async def take_two(item: Item, ctx: tm.RunContext) -> Stock:
+        stock = ctx.state.namespace("stock", Stock)
+        written = await stock.update(item.sku, lambda s: Stock(sku=s.sku, left=s.left - 2))
+        return written.value
+
+    with pytest.raises(tm.ConfigurationError, match="no state store"):
+        tm.replay("r1", take, journal=journal, swap={"take": take_two})
+    scratch = MemoryStateStore()
+    scratch.create("stock:A1", {"sku": "A1", "left": 3})
+    whatif = tm.replay("r1", take, journal=journal, swap={"take": take_two}, state=scratch)
+    assert whatif.output == Stock(sku="A1", left=1) and not whatif.identical
+    current = store.get("stock:A1")
+    assert current is not None and current.value["left"] == 2  # production untouched

@@ -227,6 +227,7 @@ async def areplay(
     *,
     journal: str | Path | Journal = DEFAULT_JOURNAL,
     swap: dict[str, Step[Any, Any]] | None = None,
+    state: StateStore | str | Path | None = None,
 ) -> ReplayResult[Out]:
     """Re-run a journaled run with every effect served from the journal.
 
@@ -234,7 +235,10 @@ async def areplay(
     request that differs from the recorded one raises ``NonDeterminismError``
     naming the effect key. What-if (``swap={"name": new_step}``): the named
     steps run live, as does anything downstream whose request changed; the
-    result lists how the final output changed. Nothing is written.
+    result lists how the final output changed. Nothing is written to the
+    journal. A strict replay never touches a state store; in a what-if, the
+    swapped steps' state operations run live on ``state`` (give it a scratch
+    store, e.g. ``MemoryStateStore()`` seeded from production, not production).
     """
     store = open_journal(journal, readonly=not isinstance(journal, Journal))
     try:
@@ -246,16 +250,17 @@ async def areplay(
         effects = Effects(
             journal=store, recorded=index.effects, mode="whatif" if swap else "replay"
         )
-        state = RunState(
+        run_state = RunState(
             run_id=run_id,
             intent=intent,
             budget=budget,
             grant=grant,
             swaps=dict(swap or {}),
             effects=effects,
+            store=None if state is None else open_store(state),
         )
         started = dict(events[0].payload)
-        result = await drive(flow, validated, state, intent, ("run.started", started))
+        result = await drive(flow, validated, run_state, intent, ("run.started", started))
         if not swap:
             never = effects.unconsumed()
             if never:
@@ -333,6 +338,7 @@ def replay(
     *,
     journal: str | Path | Journal = DEFAULT_JOURNAL,
     swap: dict[str, Step[Any, Any]] | None = None,
+    state: StateStore | str | Path | None = None,
 ) -> ReplayResult[Out]:
     """Synchronous twin of ``areplay``."""
-    return run_sync(areplay(run_id, flow, journal=journal, swap=swap))
+    return run_sync(areplay(run_id, flow, journal=journal, swap=swap, state=state))
