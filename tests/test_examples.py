@@ -18,7 +18,7 @@ from typedmesh.models.base import Message, ModelRequest, ModelResponse
 from typedmesh.models.offline import SloppyModel
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-NAMES = ["bull_bear", "support_pipeline", "code_review_loop", "research_plan"]
+NAMES = ["bull_bear", "support_pipeline", "code_review_loop", "research_plan", "passing_ships"]
 
 Loader = Callable[[str], ModuleType]
 
@@ -45,6 +45,7 @@ def load(monkeypatch: pytest.MonkeyPatch) -> Loader:
 
 
 def run_example(module: ModuleType, **options: Any) -> tm.RunResult[Any]:
+    options.setdefault("state", tm.MemoryStateStore())  # a fresh store for every run
     return tm.run(
         module.flow, module.example_input, intent=getattr(module, "intent", None), **options
     )
@@ -256,6 +257,41 @@ def test_research_plan_planner_is_dearer_per_token(load: Loader) -> None:
     assert sum(r.cost_on_baseline_usd for r in rows) > 3 * result.cost_usd
 
 
+# -- passing_ships --------------------------------------------------------------------
+
+
+def test_passing_ships_with_claims_one_agent_acts_the_other_is_told_the_holder(
+    load: Loader,
+) -> None:
+    ex = load("passing_ships")
+    store = tm.MemoryStateStore()
+    result = run_example(ex, state=store, run_id="r")
+    report: tm.ReconcileReport = result.output
+    handled = ex.Handled.model_validate(report.input)
+    assert [handled.refund.acted, handled.replacement.acted].count(True) == 1
+    assert report.ok and report.conflicts == []
+    [refused] = [line for line in ex.describe(result) if "did not act" in line]
+    assert "AlreadyClaimed" in refused and "run r, step passing_ships/ships/" in refused
+    order = store.get("order:42")
+    assert order is not None and (order.value["refunded"] > 0) != order.value["replaced"]
+    again = run_example(ex, state=store, run_id="r2")  # the claim is still held: nobody acts
+    handled = ex.Handled.model_validate(again.output.input)
+    assert not handled.refund.acted and not handled.replacement.acted
+    assert store.get("order:42") == order
+
+
+def test_passing_ships_without_claims_reconcile_names_both_writers(load: Loader) -> None:
+    ex = load("passing_ships")
+    ticket = ex.example_input.model_copy(update={"claims": False})
+    report: tm.ReconcileReport = tm.run(ex.flow, ticket, state=tm.MemoryStateStore()).output
+    assert not report.ok
+    [conflict] = report.conflicts
+    assert conflict.field == "order:42" and conflict.note.startswith("at most one of")
+    writers = " ".join(conflict.values)
+    assert "refunder@1.0.0 (passing_ships/ships/refund" in writers
+    assert "warehouse@1.0.0 (passing_ships/ships/replacement" in writers
+
+
 # -- every example --------------------------------------------------------------------
 
 
@@ -351,8 +387,13 @@ def test_no_offline_model_reads_the_frameworks_prose(load: Loader, name: str) ->
 
 @pytest.mark.parametrize("name", NAMES)
 def test_main_prints_output_and_cost(
-    load: Loader, name: str, capsys: pytest.CaptureFixture[str]
+    load: Loader,
+    name: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # whatever main writes (a journal, a state file) stays here
     load(name).main()
     out = capsys.readouterr().out
     cost = re.search(r"^cost: \$(\d+\.\d{6})", out, re.M)
