@@ -45,6 +45,7 @@ from rich.json import JSON
 from rich.markup import escape
 
 from . import cli_journal as cj
+from . import cli_state as cs
 from .contracts import Intent
 from .errors import (
     InDoubtError,
@@ -54,11 +55,12 @@ from .errors import (
     NonDeterminismError,
     RunError,
     RunWaiting,
+    StateError,
     StepFailed,
     TypedMeshError,
     UserError,
 )
-from .journal import DEFAULT_JOURNAL, Durability, Journal, open_journal
+from .journal import DEFAULT_JOURNAL, Durability, Journal, describe_journal, open_journal
 from .models.base import Usage
 from .runtime.budget import Budget
 from .runtime.kinds import InDoubtPolicy
@@ -72,10 +74,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(cs.state_app, name="state")
 console = Console()
 errors = Console(stderr=True)
 
-JournalOpt = Annotated[str, typer.Option("--journal", help="the journal file (SQLite)")]
+JournalOpt = Annotated[
+    str,
+    typer.Option("--journal", help="the journal: a SQLite file, or postgresql://USER@HOST:PORT/DB"),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document")]
 RunIdArg = Annotated[str, typer.Argument(help="the run id (see `typedmesh runs`)")]
 FlowOpt = Annotated[
@@ -445,7 +451,7 @@ def _journal(
     """Open a journal; journal and usage errors inside exit 2 with the message."""
     try:
         store = open_journal(path, must_exist=must_exist, readonly=readonly, durability=durability)
-    except (JournalError, OSError, sqlite3.Error) as exc:
+    except (JournalError, UserError, OSError, sqlite3.Error) as exc:
         _fail(_journal_problem(path, exc), as_json, code=2)
     try:
         yield store
@@ -486,8 +492,12 @@ def run_command(
     model_timeout: ModelTimeoutOpt = None,
     durability: DurabilityOpt = "normal",
     deadline: DeadlineOpt = None,
+    state_url: cs.RunStoreOpt = None,
 ) -> None:
-    """Run a flow on an input; journal it; print its output, trace tree, usage and cost."""
+    """Run a flow on an input; journal it; print its output, trace tree, usage and cost.
+
+    ``--store`` defaults to the journal's own place (its SQLite file, its
+    PostgreSQL database; ``memory:`` with ``--no-journal``)."""
     with _user_errors(as_json):
         budget = _budget_arg(max_tokens, max_cost, max_model_calls, max_plan_steps)
         _model_timeout_arg(model_timeout)
@@ -506,7 +516,17 @@ def run_command(
             if store is not None:
                 store.close()
             _fail(_journal_problem(journal, exc), as_json, code=2)
-    footer = f"run id: {run_id}   journal: {escape(journal)}" if store is not None else None
+    try:
+        state = cs.open_for_run(state_url or cs.default_store(journal, no_journal), as_json)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    footer = (
+        f"run id: {run_id}   journal: {escape(describe_journal(journal))}"
+        if store is not None
+        else None
+    )
     try:
         result = asyncio.run(
             arun(
@@ -520,19 +540,21 @@ def run_command(
                 target=cj.resolved_target(target),  # journaled: resume finds the flow by id
                 deadline=deadline,
                 durability=level,
+                state=state,
             )
         )
     except InputValidationError as exc:
         _fail(exc, as_json, code=2)
     except RunWaiting as exc:
         _fail(exc, as_json, code=4, footer=footer)
-    except RunError as exc:
+    except (RunError, StateError) as exc:
         _fail(exc, as_json, code=1, footer=footer)
     except (UserError, JournalError) as exc:
         _fail(exc, as_json, code=2)
     except Exception as exc:  # a user step raised and the runtime did not wrap it
         _step_raised(exc, as_json, run_id=run_id, store=store, footer=footer)
     finally:
+        state.close()
         if store is not None:
             store.close()
     if as_json:
@@ -542,7 +564,10 @@ def run_command(
         f"[bold]{flow.name}[/] run {result.run_id}", result.output, result.trace, result.usage
     )
     if store is not None:
-        console.print(f"[bold]run id:[/] {result.run_id}   [bold]journal:[/] {escape(journal)}")
+        console.print(
+            f"[bold]run id:[/] {result.run_id}   "
+            f"[bold]journal:[/] {escape(describe_journal(journal))}"
+        )
 
 
 @app.command("runs")
@@ -555,7 +580,7 @@ def runs_command(journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonOpt = False
         return
     from .render import runs_table
 
-    console.print(runs_table(infos, title=f"runs in {escape(journal)}"))
+    console.print(runs_table(infos, title=f"runs in {escape(describe_journal(journal))}"))
 
 
 @app.command("trace")
@@ -705,11 +730,13 @@ def resume_command(
     max_plan_steps: MaxPlanOpt = None,
     durability: DurabilityOpt = "normal",
     deadline: DeadlineOpt = None,
+    state_url: cs.RunStoreOpt = None,
 ) -> None:
     """Continue a run from its journal without repeating any journaled effect.
 
     Budget options replace the recorded budget; it covers the whole run, what
-    was spent before included.
+    was spent before included. ``--store`` replaces the state store the run
+    recorded.
     """
     from .runtime.reducer import reduce_events
     from .runtime.replay import aresume
@@ -725,6 +752,7 @@ def resume_command(
     with _journal(journal, as_json, durability=level) as store:
         finished = store.read(run_id)[-1].type == "run.finished"
         step = _flow_for(journal, run_id, flow)
+        state = None if state_url is None else cs.open_for_run(state_url, as_json)
         try:
             result = asyncio.run(
                 aresume(
@@ -735,6 +763,7 @@ def resume_command(
                     budget=budget,
                     deadline=deadline,
                     durability=level,
+                    state=state,
                 )
             )
         except InDoubtError as exc:
@@ -743,12 +772,15 @@ def resume_command(
             _fail(exc, as_json, code=4)
         except NonDeterminismError as exc:
             _nondeterminism(exc, store, run_id, as_json)
-        except RunError as exc:
+        except (RunError, StateError) as exc:
             _fail(exc, as_json, code=1)
         except (UserError, JournalError):
             raise  # exit 2, in _journal
         except Exception as exc:  # a user step raised and the runtime did not wrap it
             _step_raised(exc, as_json, run_id=run_id, store=store)
+        finally:
+            if state is not None:
+                state.close()
         events = store.read(run_id)
         reducer = reduce_events(events, store)
         trace, usage = reducer.finish(events[-1]), reducer.usage

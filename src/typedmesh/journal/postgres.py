@@ -209,7 +209,7 @@ class PostgresJournal(Journal):
                 except self._pg.Error as exc:
                     raise self._translate(exc, "open the journal") from exc
             except BaseException:
-                self.close()  # a refused database keeps no connection
+                self._disconnect()  # a refused database keeps no connection
                 raise
 
     def __repr__(self) -> str:
@@ -599,6 +599,9 @@ class PostgresJournal(Journal):
         return infos
 
     def close(self) -> None:
+        self._disconnect()
+
+    def _disconnect(self) -> None:
         with self._lock:
             self._closed = True
             conn, self._db = self._db, None
@@ -711,9 +714,6 @@ class _SharedPostgresJournal(PostgresJournal):
     def close(self) -> None:
         return None
 
-    def _really_close(self) -> None:
-        super().close()
-
 
 @atexit.register
 def _close_shared() -> None:
@@ -723,4 +723,4 @@ def _close_shared() -> None:
     for store in stores:
         if isinstance(store, _SharedPostgresJournal):
             with contextlib.suppress(Exception):
-                store._really_close()
+                store._disconnect()

@@ -332,8 +332,9 @@ def run_started_payload(
 def journal_label(journal: Any) -> str | None:
     if journal is None:
         return None
-    path = getattr(journal, "path", journal)
-    return str(path) if isinstance(path, str | Path) else type(journal).__name__
+    from ..journal import describe_journal  # a URL's password is never in a label
+
+    return describe_journal(journal)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
