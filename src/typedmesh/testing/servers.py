@@ -13,10 +13,13 @@ down and deletes the directory. A ``Server`` is also a context manager::
 
 PostgreSQL runs as the ``postgres`` system user when this process is root
 (PostgreSQL refuses to run as root), as the current user otherwise. Its
-binaries are looked for in ``$TYPEDMESH_PG_BIN``, ``/usr/lib/postgresql/*/bin``
-(newest first), then ``PATH``. By default it runs with ``fsync=off``: fast
-for tests, and a power failure may corrupt it, so never measure durability
-with it (``start_postgres(fsync=True)`` keeps PostgreSQL's default).
+binaries are looked for in ``$TYPEDMESH_PG_BIN`` (when set, only there), else in
+``/usr/lib/postgresql/*/bin`` (newest first), then ``PATH``; ``redis-server`` in
+``$TYPEDMESH_REDIS_SERVER`` (when set), else on ``PATH``.
+
+PostgreSQL runs with ``fsync=off`` by default: fast for tests, but a power failure
+may corrupt it, so never measure durability with it (``start_postgres(fsync=True)``
+keeps PostgreSQL's default).
 
 A server is stopped by ``stop()``, by the context manager, by an ``atexit``
 hook when the process exits without stopping it, and by a small watchdog
@@ -209,8 +212,11 @@ def _stop_all() -> None:
 def find_postgres_bin() -> Path:
     """The directory holding ``initdb`` and ``postgres``; ``ServerUnavailable`` if none."""
     candidates: list[Path] = []
-    if os.environ.get("TYPEDMESH_PG_BIN"):
-        candidates.append(Path(os.environ["TYPEDMESH_PG_BIN"]))
+    if os.environ.get("TYPEDMESH_PG_BIN"):  # named: that directory and no other
+        named = Path(os.environ["TYPEDMESH_PG_BIN"])
+        if all(os.access(named / name, os.X_OK) for name in ("initdb", "postgres")):
+            return named
+        raise ServerUnavailable(f"no initdb and postgres in TYPEDMESH_PG_BIN={named}")
 
     def version(path: str) -> tuple[int, ...]:
         digits = re.findall(r"\d+", Path(path).parent.name)
@@ -234,6 +240,11 @@ def find_postgres_bin() -> Path:
 
 def find_redis_server() -> Path:
     """The ``redis-server`` executable; ``ServerUnavailable`` if there is none."""
+    if os.environ.get("TYPEDMESH_REDIS_SERVER"):  # named: that executable and no other
+        named = Path(os.environ["TYPEDMESH_REDIS_SERVER"])
+        if os.access(named, os.X_OK):
+            return named
+        raise ServerUnavailable(f"TYPEDMESH_REDIS_SERVER={named} is not an executable")
     found = shutil.which("redis-server")
     candidates = [found] if found else []
     candidates += ["/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server"]
