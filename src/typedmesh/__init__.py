@@ -27,6 +27,7 @@ from .contracts import (
 from .errors import (
     AlreadyClaimed,
     BudgetExceeded,
+    CircuitOpen,
     ConfigurationError,
     ConflictsDropped,
     ContractError,
@@ -64,6 +65,7 @@ from .errors import (
 from .journal import Journal, MemoryJournal, SQLiteJournal, verify_run
 from .models.base import Message, Model, ModelRequest, ModelResponse, ToolCall, Usage
 from .models.offline import SchemaModel, ScriptedModel
+from .models.resilience import Cascade, CircuitBreaker, Fallback
 from .patterns import (
     Changes,
     Compare,
@@ -111,7 +113,10 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "AsyncioExecutor",
     "Budget",
     "BudgetExceeded",
+    "Cascade",
     "Changes",
+    "CircuitBreaker",
+    "CircuitOpen",
     "Claim",
     "Compare",
     "ConfigurationError",
@@ -122,6 +127,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "EffectKind",
     "Evaluation",
     "Executor",
+    "Fallback",
     "FieldChange",
     "FunctionStep",
     "Gate",

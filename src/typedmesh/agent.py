@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -27,6 +27,7 @@ from .errors import (
 )
 from .models import resolve_model
 from .models.base import Message, Model, ModelRequest, ToolCall
+from .models.resilience import Cascade, CircuitBreaker, Fallback
 from .provenance import carries_provenance, model_facing_schema, stamp
 from .runtime.context import RunContext
 from .runtime.retry import RetryPolicy
@@ -48,6 +49,10 @@ class Agent(Step[In, Out]):
     ``scopes`` are the permissions its tool calls may use; ``retry`` covers
     transient model errors; ``max_tool_rounds`` caps the tool loop and
     ``max_tool_calls`` the tool calls of one step (one response may ask for many).
+    A list of models (or ``tm.Fallback(...)``) is tried in order on model errors;
+    ``tm.Cascade(cheap, better)`` escalates only after an invalid or gated answer;
+    ``breaker`` fails fast while the model's circuit is open; ``model_timeout``
+    bounds each model request (seconds).
     """
 
     kind = "agent"
@@ -58,7 +63,7 @@ class Agent(Step[In, Out]):
         *,
         input: type[In],
         output: type[Out],
-        model: str | Model,
+        model: str | Model | Sequence[str | Model],
         instructions: str = "",
         version: str = "0.1.0",
         deployment: str = "local",
@@ -70,6 +75,8 @@ class Agent(Step[In, Out]):
         max_tool_calls: int = 50,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        breaker: CircuitBreaker | None = None,
+        model_timeout: float | None = None,
     ) -> None:
         if output_retries < 0 or max_tool_rounds < 1 or max_tool_calls < 1:
             raise ConfigurationError(
@@ -91,8 +98,19 @@ class Agent(Step[In, Out]):
         self.max_tool_calls = max_tool_calls
         self.temperature = temperature
         self.max_tokens = max_tokens
-        self.model_spec = model
-        self._model: Model | None = None if isinstance(model, str) else model
+        if model_timeout is not None and not model_timeout > 0:
+            raise ConfigurationError(f"agent {name!r}: model_timeout must be > 0 s")
+        spec: str | Model
+        if isinstance(model, str):
+            spec = model
+        elif isinstance(model, list | tuple):  # a fallback list: tried in order
+            spec = Fallback(*model)
+        else:
+            spec = cast(Model, model)
+        self.breaker = breaker
+        self.model_timeout = model_timeout
+        self.model_spec = spec
+        self._model: Model | None = None if isinstance(spec, str) else spec
         self.output_schema = model_facing_schema(output)
         self._stamps = carries_provenance(output)
         self._tool_schemas = [t.schema for t in self.tools.values()]
@@ -138,6 +156,10 @@ class Agent(Step[In, Out]):
 
     async def _converse(self, input: In, ctx: RunContext, gate: Gate | None) -> Out:
         model = self.model
+        cascade = model if isinstance(model, Cascade) else None
+        level = 0
+        if cascade is not None:
+            model = cascade.models[0]
         notes = [*ctx.notes, gate.guidance] if gate is not None else ctx.notes
         view = output_view(gate)
         output_schema = view.schema(self.output_schema) if view else self.output_schema
@@ -162,7 +184,13 @@ class Agent(Step[In, Out]):
                 temperature=self.temperature,
                 max_tokens=self.max_tokens,
             )
-            response = await ctx.call_model(model, request, retry=self.retry)
+            response = await ctx.call_model(
+                model,
+                request,
+                retry=self.retry,
+                breaker=self.breaker,
+                attempt_timeout=self.model_timeout,
+            )
             if response.tool_calls:
                 tool_rounds += 1
                 if tool_rounds > self.max_tool_rounds:
@@ -207,6 +235,8 @@ class Agent(Step[In, Out]):
                         errors=errors,
                     ) from exc
                 messages += _feedback(raw, "did not match the required schema", problems)
+                if cascade is not None:
+                    level, model = _escalate(ctx, cascade, level, "validation")
                 continue
             if self._stamps:
                 stamp(
@@ -235,6 +265,8 @@ class Agent(Step[In, Out]):
                             output=output,
                         )
                     messages += _feedback(raw, "is valid JSON but was rejected", problems)
+                    if cascade is not None:
+                        level, model = _escalate(ctx, cascade, level, "gate")
                     continue
             return output
 
@@ -289,6 +321,20 @@ class Agent(Step[In, Out]):
             return f"Error: {exc}"
         tools_used.append(tool.name)
         return tool.result_text(result)
+
+
+def _escalate(ctx: RunContext, cascade: Cascade, level: int, reason: str) -> tuple[int, Model]:
+    """The cascade's next model after a rejected answer (the last one stays)."""
+    models = cascade.models
+    if level + 1 >= len(models):
+        return level, models[level]
+    ctx.record(
+        "model.escalated",
+        from_model=models[level].name,
+        to_model=models[level + 1].name,
+        reason=reason,
+    )
+    return level + 1, models[level + 1]
 
 
 def render_intent(intent: Intent) -> str:

@@ -18,6 +18,7 @@ catching that one class is enough to separate framework failures from bugs::
     │   │   └── PlanRejected      a planner kept returning an invalid plan
     │   ├── ModelError            a model provider failed
     │   │   └── TransientModelError   worth retrying (rate limit, 5xx, timeout)
+    │   │       └── CircuitOpen       the model's circuit breaker refused the call
     │   ├── ScriptExhausted       a ScriptedModel was called more often than scripted
     │   ├── ToolDenied            a tool call lacked a required scope
     │   ├── ToolError             a tool was unknown, got bad arguments, or raised
@@ -52,6 +53,7 @@ from typing import Any
 __all__ = [
     "AlreadyClaimed",
     "BudgetExceeded",
+    "CircuitOpen",
     "ConfigurationError",
     "ConflictsDropped",
     "ContractError",
@@ -276,6 +278,10 @@ class TransientModelError(ModelError):
         super().__init__(
             message, status=status, error_type=error_type, provider=provider, usage=usage
         )
+
+
+class CircuitOpen(TransientModelError):
+    """A model's circuit breaker is open: the call was not made (a fallback may take it)."""
 
 
 class ScriptExhausted(RunError):

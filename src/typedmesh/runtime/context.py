@@ -34,6 +34,7 @@ from .trace import TraceNode
 
 if TYPE_CHECKING:
     from ..journal.base import Journal
+    from ..models.resilience import CircuitBreaker
     from ..state.base import StateStore
     from ..step import Gate, Step
     from ..tools import Tool
@@ -311,12 +312,24 @@ class RunContext:
     # -- models, tools, clock ------------------------------------------------------
 
     async def call_model(
-        self, model: Model, request: ModelRequest, *, retry: RetryPolicy = NO_RETRY
+        self,
+        model: Model,
+        request: ModelRequest,
+        *,
+        retry: RetryPolicy = NO_RETRY,
+        breaker: CircuitBreaker | None = None,
+        attempt_timeout: float | None = None,
     ) -> ModelResponse:
-        """Call a model: budget-reserved, retried on transient errors, priced, journaled."""
+        """Call a model: budget-reserved, retried on transient errors, priced, journaled.
+
+        A ``Fallback`` model tries its models in order; ``breaker`` fails fast (or
+        falls back) while the model's circuit is open; ``attempt_timeout`` bounds each try.
+        """
         from .model_calls import call_model
 
-        return await call_model(self, self._run, model, request, retry)
+        return await call_model(
+            self, self._run, model, request, retry, breaker=breaker, attempt_timeout=attempt_timeout
+        )
 
     async def perform(
         self,

@@ -309,6 +309,18 @@ class RandomKind(ValueKind):
         return load("value")
 
 
+class BreakerKind(ValueKind):
+    """A circuit breaker's answer (closed, half_open, open): process state, so journaled."""
+
+    name = "breaker"
+
+    def record_result(self, result: Any) -> tuple[dict[str, Any], dict[str, str] | None]:
+        return {"value": result}, None
+
+    def recorded_value(self, payload: dict[str, Any], load: Any) -> Any:
+        return load("value")
+
+
 class TimerKind(EffectKind):
     """A wait of known length (retry backoff): served at once on replay; after a
     crash mid-wait, resume sleeps only what was left."""
@@ -341,3 +353,4 @@ TOOL = register_kind(ToolKind())
 CLOCK = register_kind(ClockKind())
 RANDOM = register_kind(RandomKind())
 TIMER = register_kind(TimerKind())
+BREAKER = register_kind(BreakerKind())

@@ -9,6 +9,7 @@ table knows); the name the server says served it is recorded beside it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import TYPE_CHECKING
@@ -18,8 +19,9 @@ from pydantic_core import PydanticSerializationError
 from ..errors import BudgetExceeded, ModelError, TransientModelError, TypedMeshError
 from ..models.base import Model, ModelRequest, ModelResponse, Usage
 from ..models.pricing import cost_of
+from ..models.resilience import BREAKERS, CircuitBreaker, CircuitOpen, Fallback, model_key
 from .budget import Reservation
-from .kinds import MODEL, RequestRecord
+from .kinds import BREAKER, MODEL, RequestRecord
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -32,10 +34,49 @@ MAX_TOKENS_PER_CALL = 50_000_000
 
 
 async def call_model(
-    ctx: RunContext, run: RunState, model: Model, request: ModelRequest, retry: RetryPolicy
+    ctx: RunContext,
+    run: RunState,
+    model: Model,
+    request: ModelRequest,
+    retry: RetryPolicy,
+    *,
+    breaker: CircuitBreaker | None = None,
+    attempt_timeout: float | None = None,
 ) -> ModelResponse:
     base = ctx.effect_key("model")  # taken now: retries derive from it, whatever the order
+    if not isinstance(model, Fallback):
+        return await _call(ctx, run, model, request, retry, base, breaker, attempt_timeout)
+    models = model.models
+    for index, candidate in enumerate(models):
+        key = base if index == 0 else f"{base}.fb{index}"
+        try:
+            return await _call(ctx, run, candidate, request, retry, key, breaker, attempt_timeout)
+        except Exception as exc:
+            if index == len(models) - 1 or not model.falls_back(exc):
+                raise
+            ctx.record(
+                "model.fallback",
+                key=key,
+                model=candidate.name,
+                next=models[index + 1].name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+    raise AssertionError("unreachable: the last model's failure is raised")
+
+
+async def _call(
+    ctx: RunContext,
+    run: RunState,
+    model: Model,
+    request: ModelRequest,
+    retry: RetryPolicy,
+    base: str,
+    breaker: CircuitBreaker | None,
+    attempt_timeout: float | None,
+) -> ModelResponse:
+    """One model, retried on transient errors under keys derived from ``base``."""
     meta = {"model": model.name, "provider": model.provider}
+    circuit = model_key(model) if breaker is not None else ""
     attempt = 0
     while True:
         attempt += 1
@@ -54,12 +95,37 @@ async def call_model(
                 ctx.record("budget.exceeded", limit=exc.limit, value=exc.value, spent=exc.spent)
                 raise
 
+        async def execute() -> ModelResponse:
+            if breaker is None:
+                return await _generate(model, request, attempt_timeout)
+            try:
+                response = await _generate(model, request, attempt_timeout)
+            except ModelError:
+                BREAKERS.failure(circuit, breaker)
+                raise
+            BREAKERS.success(circuit)
+            return response
+
         try:
+            if breaker is not None:
+                # the breaker's answer depends on this process's history: journaled, so
+                # a replay takes the same path without asking it
+                state = run.effects.perform_sync(
+                    ctx, BREAKER, f"{key}.breaker", lambda: BREAKERS.admit(circuit, breaker)
+                )
+                if state == "open":
+                    ctx.record("model.circuit_open", key=key, model=model.name)
+                    raise CircuitOpen(
+                        f"model {model.name!r}: its circuit breaker is open after "
+                        f"{breaker.failures} failures within {breaker.window_s:g} s; the call "
+                        "was not made",
+                        provider=model.provider,
+                    )
             response: ModelResponse = await run.effects.perform(
-                ctx, MODEL, key, request, lambda: _generate(model, request), meta=meta, admit=admit
+                ctx, MODEL, key, request, execute, meta=meta, admit=admit
             )
         except Exception as exc:
-            if retry.should_retry(exc, attempt):
+            if not isinstance(exc, CircuitOpen) and retry.should_retry(exc, attempt):
                 delay = retry.delay(attempt, exc)
                 ctx.record(
                     "model.retry",
@@ -87,9 +153,15 @@ def _check_deadline(run: RunState, key: str) -> None:
         raise DeadlineExceeded(f"the run's deadline passed before {key} could start")
 
 
-async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
+async def _generate(
+    model: Model, request: ModelRequest, attempt_timeout: float | None
+) -> ModelResponse:
     try:
-        response = await model.generate(request)
+        if attempt_timeout is None:
+            response = await model.generate(request)
+        else:
+            async with asyncio.timeout(attempt_timeout):
+                response = await model.generate(request)
     except ModelError as exc:
         billed = exc.usage
         if billed is not None:  # an answer arrived, could not be used, and was billed
@@ -102,7 +174,8 @@ async def _generate(model: Model, request: ModelRequest) -> ModelResponse:
     except TypedMeshError:
         raise
     except TimeoutError as exc:
-        raise TransientModelError(f"model {model.name!r} timed out") from exc
+        after = "" if attempt_timeout is None else f" after {attempt_timeout:g} s"
+        raise TransientModelError(f"model {model.name!r} timed out{after}") from exc
     except Exception as exc:
         raise ModelError(f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from exc
     usage = response.usage
