@@ -203,15 +203,15 @@ def _problem(exc: BaseException, url: str) -> StateCommandError:
     if isinstance(exc, StateCommandError):
         return exc
     if isinstance(exc, StaleVersion):
-        found = "no value" if exc.actual == 0 else f"version {exc.actual}"
-        hint = (
-            ""
-            if exc.actual == 0
-            else f"; read it with `typedmesh state get {exc.key}` and retry with "
-            f"--expected-version {exc.actual}"
-        )
+        if exc.actual == 0:
+            now = f"{exc.key} has no value now (use --create)"
+        else:
+            now = (
+                f"{exc.key} is at version {exc.actual} now: read it with `typedmesh state get "
+                f"{exc.key}` and retry with --expected-version {exc.actual}"
+            )
         return StateCommandError(
-            f"{exc}: not written (the current value is {found}{hint})",
+            f"{exc}; nothing written: {now}",
             code=1,
             kind="StaleVersion",
             key=exc.key,
@@ -256,8 +256,8 @@ def _missing(store: StateStore, key: str) -> StateCommandError:
     if versions and versions[-1].deleted:
         last = versions[-1]
         return StateCommandError(
-            f"no value for {key!r} {where}: deleted at version {last.version} by "
-            f"{last.writer.describe()}",
+            f"no value for {key!r} {where}: deleted at version {last.version} "
+            f"({last.writer.describe()})",
             code=1,
             kind="StateNotFound",
             key=key,
@@ -294,6 +294,16 @@ def _value_arg(text: str) -> Any:
         raise StateCommandError(
             f"{shown} is not valid JSON: {exc}", code=2, kind="UsageError"
         ) from None
+
+
+def _version_arg(version: int | None) -> None:
+    if version is not None and version < 1:
+        raise StateCommandError(
+            f"--expected-version must be a version >= 1 (see `typedmesh state get`), got "
+            f"{version}; use --create for a key with no value",
+            code=2,
+            kind="UsageError",
+        )
 
 
 # -- rendering ------------------------------------------------------------------------
@@ -463,6 +473,7 @@ def put_command(
             )
         if not by.strip():
             raise StateCommandError("--by must name who writes", code=2, kind="UsageError")
+        _version_arg(expected_version)
         data = _value_arg(value)
     except StateCommandError as exc:
         _fail(exc, as_json)
@@ -471,8 +482,8 @@ def put_command(
         written = opened.put(key, data, expected_version=expected_version, writer=writer)
         if not as_json:
             console.print(
-                f"{escape(key)}: version {written.version} written by "
-                f"{escape(writer.describe())} in {escape(opened.url)}"
+                f"{escape(key)}: version {written.version} written ({escape(writer.describe())}) "
+                f"in {escape(opened.url)}"
             )
     if as_json:
         print(
@@ -495,14 +506,18 @@ def delete_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a key's value at the version you read (the delete is a version too)."""
-    if not by.strip():
-        _fail(StateCommandError("--by must name who writes", code=2, kind="UsageError"), as_json)
+    try:
+        if not by.strip():
+            raise StateCommandError("--by must name who writes", code=2, kind="UsageError")
+        _version_arg(expected_version)
+    except StateCommandError as exc:
+        _fail(exc, as_json)
     writer = Writer(by=by)
     with _store(store, as_json) as opened:
         version = opened.delete(key, expected_version=expected_version, writer=writer)
         if not as_json:
             console.print(
-                f"{escape(key)}: deleted (version {version}) by {escape(writer.describe())} "
+                f"{escape(key)}: deleted, version {version} ({escape(writer.describe())}) "
                 f"in {escape(opened.url)}"
             )
     if as_json:
