@@ -11,8 +11,10 @@ from ._version import __version__ as __version__
 from .agent import Agent
 from .contracts import (
     AgentIdentity,
+    BranchFailure,
     Claim,
     Conflict,
+    DegradedReport,
     Evaluation,
     Intent,
     LoopResult,
@@ -111,6 +113,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "AgentIdentity",
     "AlreadyClaimed",
     "AsyncioExecutor",
+    "BranchFailure",
     "Budget",
     "BudgetExceeded",
     "Cascade",
@@ -124,6 +127,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "ConflictsDropped",
     "ContractError",
     "DeadlineExceeded",
+    "DegradedReport",
     "EffectKind",
     "Evaluation",
     "Executor",

@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "AgentIdentity",
+    "BranchFailure",
     "Claim",
     "Conflict",
+    "DegradedReport",
     "Evaluation",
     "Intent",
     "LoopResult",
@@ -113,6 +115,27 @@ class SynthesizedReport(BaseModel):
     agreements: list[str] = Field(default_factory=list)
     conflicts: list[Conflict] = Field(default_factory=list)
     recommendation: str | None = None
+
+
+class BranchFailure(BaseModel):
+    """A parallel branch that failed, handed to the merge in its place (``on_branch_error=
+    "degrade"``): which branch, who it was, and the error, as the framework saw them."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    branch: str
+    step_path: str
+    agent: AgentIdentity | None = None
+    error_type: str
+    message: str
+
+
+class DegradedReport(SynthesizedReport):
+    """A merge result that also says which branches were missing (stamped, not written)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    missing_branches: list[str] = Field(default_factory=list)
 
 
 class Evaluation(BaseModel):

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import functools
 import typing
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ..contracts import AgentIdentity
+from ..contracts import AgentIdentity, BranchFailure
 from ..decoding import OUTPUT_VIEW
-from ..errors import ConfigurationError, ConflictsDropped, ContractError
+from ..errors import (
+    BudgetExceeded,
+    ConfigurationError,
+    ConflictsDropped,
+    ContractError,
+    DeadlineExceeded,
+    InDoubtError,
+    NonDeterminismError,
+    RunError,
+    RunWaiting,
+)
 from ..handoff import Handoff, annotation_problem, handoff_problems, validate_input
 from ..runtime.context import RunContext
 from ..step import Gate, Step
@@ -25,6 +35,7 @@ from .conflicts import (
 __all__ = ["Parallel", "parallel"]
 
 FILLED = {"conflicts", "intent"}
+BranchErrorPolicy = Literal["fail", "degrade"]
 
 
 class Parallel(Step[Any, Any]):
@@ -49,7 +60,12 @@ class Parallel(Step[Any, Any]):
         *,
         name: str = "parallel",
         compare: CompareSpec | None = None,
+        on_branch_error: BranchErrorPolicy = "fail",
     ) -> None:
+        if on_branch_error not in ("fail", "degrade"):
+            raise ConfigurationError(
+                f"parallel: on_branch_error must be 'fail' or 'degrade', got {on_branch_error!r}"
+            )
         if len(branches) < 2:
             raise ConfigurationError("parallel() needs at least two branches")
         if merge.name in branches:
@@ -68,6 +84,9 @@ class Parallel(Step[Any, Any]):
                 )
         _check_merge_input(branches, merge)
         _check_merge_output(merge)
+        if on_branch_error == "degrade":
+            _check_degradable(branches, merge)
+        self.on_branch_error = on_branch_error
         _check_compare(branches, compare)
         self.compare = compare
         self.branches = branches
@@ -87,21 +106,31 @@ class Parallel(Step[Any, Any]):
 
     async def invoke(self, input: BaseModel, ctx: RunContext) -> BaseModel:
         labels = list(self.branches)
+        run = (
+            functools.partial(self._degrading, ctx)
+            if self.on_branch_error == "degrade"
+            else ctx.run
+        )
         results = await ctx.run_all(
             [
                 functools.partial(
-                    ctx.run, self.branches[label], self._inputs[label](input), label=label
+                    run, self.branches[label], self._inputs[label](input), label=label
                 )
                 for label in labels
             ]
         )
-        outputs = dict(zip(labels, typing.cast(list[BaseModel], results), strict=True))
-        conflicts = detect_conflicts(outputs, self.compare)
+        everything = dict(zip(labels, typing.cast(list[BaseModel], results), strict=True))
+        outputs = {k: v for k, v in everything.items() if not isinstance(v, BranchFailure)}
+        missing = sorted(k for k, v in everything.items() if isinstance(v, BranchFailure))
+        for label in missing:
+            failure = typing.cast(BranchFailure, everything[label])
+            ctx.record("branch.degraded", **failure.model_dump(mode="json"))
+        conflicts = detect_conflicts(outputs, self.compare) if len(outputs) > 1 else []
         if conflicts:
             ctx.record(
                 "conflicts.detected", conflicts=[c.model_dump(mode="json") for c in conflicts]
             )
-        data: dict[str, Any] = dict(outputs)
+        data: dict[str, Any] = dict(everything)
         if "conflicts" in self._fills:
             data["conflicts"] = conflicts
         if "intent" in self._fills:
@@ -116,7 +145,28 @@ class Parallel(Step[Any, Any]):
             error=ConflictsDropped,
             extra={OUTPUT_VIEW: view},
         )
-        return await ctx.run(self.merge, merge_input, gate=gate)
+        merged: BaseModel = await ctx.run(self.merge, merge_input, gate=gate)
+        if self.on_branch_error == "degrade":  # stamped: the merge cannot hide a gap
+            merged = merged.model_copy(update={"missing_branches": missing})
+        return merged
+
+    async def _degrading(
+        self, ctx: RunContext, step: Step[Any, Any], input: BaseModel, *, label: str
+    ) -> BaseModel:
+        """Run a branch; a failure it may degrade on comes back as a ``BranchFailure``."""
+        try:
+            output: BaseModel = await ctx.run(step, input, label=label)
+            return output
+        except RunError as exc:
+            if isinstance(exc, NOT_DEGRADABLE):  # hard limits and replay errors stop the run
+                raise
+            return BranchFailure(
+                branch=label,
+                step_path=getattr(exc, "step_path", None) or f"{ctx.path}/{label}",
+                agent=step.identity,
+                error_type=type(exc).__name__,
+                message=str(exc),
+            )
 
 
 def _check_merge_input(branches: dict[str, Step[Any, Any]], merge: Step[Any, Any]) -> None:
@@ -157,6 +207,43 @@ def _check_merge_output(merge: Step[Any, Any]) -> None:
         )
 
 
+NOT_DEGRADABLE = (
+    BudgetExceeded,
+    DeadlineExceeded,
+    RunWaiting,
+    NonDeterminismError,
+    InDoubtError,
+)
+
+
+def _check_degradable(branches: dict[str, Step[Any, Any]], merge: Step[Any, Any]) -> None:
+    """With ``on_branch_error="degrade"``: the merge can take a ``BranchFailure`` for every
+    branch, and its output can say which branches were missing."""
+    fields = merge.input_type.model_fields
+    problems = []
+    for label in branches:
+        field = fields.get(label)
+        if field is not None and annotation_problem(BranchFailure, field.annotation):
+            problems.append(
+                f"field {label!r} must also accept a BranchFailure "
+                f"(e.g. `{label}: {branches[label].output_type.__name__} | BranchFailure`)"
+            )
+    missing = merge.output_type.model_fields.get("missing_branches")
+    if missing is None or annotation_problem(list[str], missing.annotation):
+        problems.append(
+            f"output {merge.output_type.__name__} needs a 'missing_branches: list[str]' field "
+            "(or use DegradedReport)"
+        )
+    if problems:
+        raise ContractError(
+            f"parallel: with on_branch_error='degrade', merge {merge.name!r} must take a "
+            "failed branch's BranchFailure and say which branches were missing",
+            source=", ".join(branches),
+            target=merge.name,
+            problems=problems,
+        )
+
+
 def _check_compare(branches: dict[str, Step[Any, Any]], compare: CompareSpec | None) -> None:
     if compare is None or isinstance(compare, Compare):
         return
@@ -177,12 +264,17 @@ def parallel(
     merge: Step[Any, Any],
     name: str = "parallel",
     compare: CompareSpec | None = None,
+    on_branch_error: BranchErrorPolicy = "fail",
     **branches: Step[Any, Any],
 ) -> Step[Any, Any]:
     """Run ``branches`` concurrently on one input and merge them, conflicts stamped.
 
     ``compare`` sets how fields are compared: ``tm.Compare(tolerance=0.05)``
     for every field, or ``{"confidence": tm.Compare(tolerance=0.05), "risks":
-    tm.Compare(unordered=True)}`` per dotted field path.
+    tm.Compare(unordered=True)}`` per dotted field path. ``on_branch_error``:
+    ``"fail"`` (the first failure cancels the others and fails the run) or
+    ``"degrade"`` (a failed branch reaches the merge as a typed ``BranchFailure``,
+    and the merge output's ``missing_branches`` is stamped with its name; budget,
+    deadline and replay errors still stop the run).
     """
-    return Parallel(branches, merge, name=name, compare=compare)
+    return Parallel(branches, merge, name=name, compare=compare, on_branch_error=on_branch_error)
