@@ -347,6 +347,33 @@ def test_the_schema_may_come_from_the_url_and_default_to_the_search_path(
     by_path.close()
 
 
+def test_a_role_that_may_only_read_and_write_rows_opens_an_existing_store(
+    postgres_url: str, pg_schema: str
+) -> None:
+    PostgresStateStore(postgres_url, schema=pg_schema).close()  # tables made by the owner
+    role = f"rows_{uuid.uuid4().hex[:8]}"
+    ident = sql.Identifier(pg_schema)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        for grant in (
+            "GRANT USAGE ON SCHEMA {s} TO {r}",
+            "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {s} TO {r}",
+            "GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
+        ):
+            conn.execute(sql.SQL(grant).format(s=ident, r=sql.Identifier(role)))
+    try:
+        url = postgres_url.replace("postgres@", f"{role}@", 1)
+        store = PostgresStateStore(url, schema=pg_schema)
+        store.create("a", 1, writer=Writer(run_id="r"))
+        assert store.update("a", lambda n: n + 1).version == 2
+        assert [r.value for r in store.writes(run_ids=["r"])] == [1]
+        store.close()
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 def test_an_unreachable_server_is_unavailable_at_open(postgres_url: str) -> None:
     from typedmesh.testing.servers import free_port
 

@@ -311,17 +311,30 @@ class PostgresStateStore(StateStore):
                     )
                 self.schema = str(row[0])
             ident = sql.Identifier(self.schema).as_string(conn)
-            with conn.transaction():
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext(%s))",
-                    ("typedmesh.state:" + self.schema,),
-                )
-                conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-                )
-                conn.execute(_DDL.format(schema=ident, version=SCHEMA_VERSION).encode())
-                meta = f"SELECT value FROM {ident}.typedmesh_state_meta WHERE name = %s"
-                row = conn.execute(meta.encode(), ("schema_version",)).fetchone()
+            meta = f"SELECT value FROM {ident}.typedmesh_state_meta WHERE name = %s".encode()
+            exists = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", (f"{ident}.typedmesh_state_meta",)
+            ).fetchone()
+            if exists and exists[0]:
+                # opened before: no DDL, so a role that may only read and write rows can open it
+                row = conn.execute(meta, ("schema_version",)).fetchone()
+            else:
+                with conn.transaction():
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                        ("typedmesh.state:" + self.schema,),
+                    )
+                    schema_found = conn.execute(
+                        "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
+                    ).fetchone()
+                    if schema_found is None:  # (CREATE SCHEMA IF NOT EXISTS needs the right)
+                        conn.execute(
+                            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                                sql.Identifier(self.schema)
+                            )
+                        )
+                    conn.execute(_DDL.format(schema=ident, version=SCHEMA_VERSION).encode())
+                    row = conn.execute(meta, ("schema_version",)).fetchone()
             found = int(row[0]) if row else SCHEMA_VERSION
             if found > SCHEMA_VERSION:
                 raise ConfigurationError(
