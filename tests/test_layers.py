@@ -36,6 +36,8 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "typedmesh.cli",
         "typedmesh.cli_journal",
+        "typedmesh.cli_reliability",
+        "typedmesh.reliability",
         "typedmesh.render",
         "typedmesh.telemetry",
         "typedmesh.testing",
