@@ -132,7 +132,7 @@ def _sqlite_path(url: str) -> str:
     """``sqlite:///abs/path`` -> ``/abs/path``; ``sqlite:rel/path`` -> ``rel/path``."""
     rest = url.removeprefix("sqlite:")
     if rest.startswith("///"):
-        return rest[2:]
+        return "/" + rest.lstrip("/")  # sqlite:////abs (SQLAlchemy's form) too
     if rest.startswith("//"):
         from ..errors import ConfigurationError
 

@@ -57,9 +57,16 @@ def open_store(store: str | Path | StateStore) -> StateStore:
     from .sqlite import SQLiteStateStore
 
     if text.startswith("sqlite:"):
-        text = text.removeprefix("sqlite:")
-        if text.startswith("///"):
-            text = text[2:]  # sqlite:///abs/path -> /abs/path
-        elif text.startswith("//"):
-            text = text[2:]
+        rest = text.removeprefix("sqlite:")
+        if rest.startswith("///"):  # sqlite:///abs/path (and SQLAlchemy's sqlite:////abs)
+            text = "/" + rest.lstrip("/")
+        elif rest.startswith("//"):
+            from ..errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"{store!r}: a SQLite store has no host; write sqlite:///abs/path.db "
+                "or sqlite:relative/path.db"
+            )
+        else:
+            text = rest
     return SQLiteStateStore(text)
