@@ -196,7 +196,7 @@ def test_processes_racing_to_acquire_a_run_one_wins_and_the_zombie_is_fenced(url
                 text=True,
                 env=env(),
             )
-            for _ in range(4)
+            for _ in range(3)
         ]
         for racer in racers:  # every racer connected, then all go at once
             assert racer.stdout is not None and racer.stdout.readline() == "ready\n"
@@ -424,7 +424,7 @@ def test_readonly_and_must_exist(postgres_url: str, url: str) -> None:
         journal.close()
 
 
-def test_cli_run_then_trace_runs_verify_cost_on_postgres(url: str, tmp_path: Path) -> None:
+def test_cli_run_then_trace_and_runs_on_postgres(url: str, tmp_path: Path) -> None:
     flow = tmp_path / "qa_flow.py"
     flow.write_text(
         textwrap.dedent("""
@@ -454,6 +454,4 @@ def test_cli_run_then_trace_runs_verify_cost_on_postgres(url: str, tmp_path: Pat
     assert tree["status"] == "ok" and tree["children"][0]["name"] == "answerer"
     runs = typedmesh("runs", "--journal", url, "--json", cwd=tmp_path)
     assert [r["run_id"] for r in json.loads(runs.stdout)] == ["q1"]
-    cost = typedmesh("cost", "q1", "--journal", url, "--json", cwd=tmp_path)
-    assert cost.returncode == 0, cost.stderr
     assert not (tmp_path / ".typedmesh").exists()  # nothing went to a SQLite file
