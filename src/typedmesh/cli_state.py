@@ -90,7 +90,7 @@ ByOpt = Annotated[
     typer.Option("--by", help="who writes (stamped on the version as its writer)"),
 ]
 
-VALUE_WIDTH = 60
+VALUE_WIDTH = 120
 """How much of a value the history table shows (``--json`` shows it all)."""
 
 
@@ -329,26 +329,28 @@ def _compact(value: Any, width: int = VALUE_WIDTH) -> str:
 def history_table(key: str, records: list[StateRecord], store: str) -> Table:
     """A key's versions, oldest first, each with who wrote it from which run and step."""
     table = Table(title=f"{escape(key)} in {escape(store)}", title_justify="left")
-    table.add_column("version", justify="right")
+    table.add_column("version", justify="right", no_wrap=True)
     table.add_column("when")
-    table.add_column("deleted")
-    table.add_column("run", overflow="fold")
-    table.add_column("step", overflow="fold")
-    table.add_column("agent", overflow="fold")
-    table.add_column("by", overflow="fold")
+    table.add_column("deleted", no_wrap=True)
+    for column in ("run", "step", "agent"):
+        table.add_column(column, overflow="fold")
+    if any(r.writer.by for r in records):
+        table.add_column("by", overflow="fold")
     table.add_column("value", overflow="fold")
     for record in records:
         w = record.writer
-        table.add_row(
+        cells = [
             str(record.version),
             _when(record.written_at),
             "yes" if record.deleted else "",
             escape(w.run_id or ""),
             escape(w.step_path or ""),
             escape(_agent(w)),
-            escape(w.by or ""),
-            "" if record.deleted else escape(_compact(record.value)),
-        )
+        ]
+        if len(table.columns) == 8:
+            cells.append(escape(w.by or ""))
+        cells.append("" if record.deleted else escape(_compact(record.value)))
+        table.add_row(*cells)
     return table
 
 
