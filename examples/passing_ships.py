@@ -268,16 +268,16 @@ ships = tm.parallel(
 )
 
 
-def actions(records: Sequence[StateRecord]) -> list[StateRecord]:
-    """The versions that refunded or replaced: where those fields changed."""
-    acted, before = [], {"refunded": 0.0, "replaced": False}
+def changed(records: Sequence[StateRecord], *fields: str) -> list[StateRecord]:
+    """The versions that changed any of ``fields`` (who refunded, who replaced)."""
+    found, before = [], {f: None for f in fields}
     for record in records:
         value = record.value or {}
-        now = {"refunded": value.get("refunded", 0.0), "replaced": value.get("replaced", False)}
-        if now != before and not record.deleted:
-            acted.append(record)
+        now = {f: value.get(f) for f in fields}
+        if now != before and record.version > 1 and not record.deleted:
+            found.append(record)
         before = now
-    return acted
+    return found
 
 
 @tm.invariant("at most one of refund / replacement per order")
@@ -285,7 +285,8 @@ def one_action(changes: tm.Changes) -> Iterator[tm.Violation]:
     for key, records in changes.by_key("order:").items():
         final = records[-1].value or {}
         if final.get("refunded") and final.get("replaced"):
-            yield tm.Violation(key, "the order was both refunded and replaced", actions(records))
+            acted = changed(records, "refunded", "replaced")
+            yield tm.Violation(key, "the order was both refunded and replaced", acted)
 
 
 @tm.invariant("total refunded <= order total")
@@ -294,7 +295,7 @@ def refund_cap(changes: tm.Changes) -> Iterator[tm.Violation]:
         final = records[-1].value or {}
         refunded, total = final.get("refunded", 0.0), final.get("total", 0.0)
         if refunded > total:
-            yield tm.Violation(key, f"refunded {refunded} of {total}", actions(records))
+            yield tm.Violation(key, f"refunded {refunded} of {total}", changed(records, "refunded"))
 
 
 flow = tm.sequential(
