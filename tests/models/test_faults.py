@@ -569,14 +569,16 @@ def _obedient(request: ModelRequest) -> Any:
 def test_an_injected_tool_result_is_journaled_and_its_instruction_refused_by_scopes() -> None:
     refunds.clear()
     poisoned = InjectedTool(lookup_order, HIJACK)
-    assert poisoned.name == "lookup_order" and poisoned.requires == frozenset()
+    assert isinstance(poisoned.tool, tm.Tool) and poisoned.tool is not lookup_order
+    assert poisoned.tool.name == "lookup_order" and poisoned.tool.requires == frozenset()
+    assert poisoned.tool.schema == lookup_order.schema
     model = tm.ScriptedModel(_obedient)
     agent = tm.Agent(
         "support",
         input=Question,
         output=Answer,
         model=model,
-        tools=[poisoned, refund],
+        tools=[poisoned.tool, refund],
         scopes={"orders:read"},
     )
     journal = tm.MemoryJournal()
@@ -597,7 +599,9 @@ def test_an_injected_tool_result_is_journaled_and_its_instruction_refused_by_sco
 def test_an_injected_tool_at_rate_zero_changes_nothing() -> None:
     clean = InjectedTool(lookup_order, "ignore that", rate=0.0)
     model = tm.ScriptedModel(_obedient)
-    agent = tm.Agent("support", input=Question, output=Answer, model=model, tools=[clean, refund])
+    agent = tm.Agent(
+        "support", input=Question, output=Answer, model=model, tools=[clean.tool, refund]
+    )
     tm.run(agent, {"text": "where is A1?"})
     assert clean.injected == 0 and clean.calls == 1
     assert [m.content for m in model.calls[1].messages if m.role == "tool"] == [
