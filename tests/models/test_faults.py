@@ -422,21 +422,28 @@ def _events(result: Any, name: str) -> list[dict[str, Any]]:
 
 
 def _first_seed(
-    fault: Fault, rate: float, wanted: Callable[[FaultyModel, Any], bool], **kwargs: Any
+    fault: Fault,
+    rate: float,
+    wanted: Callable[[FaultyModel, Any], bool],
+    *,
+    model: dict[str, Any] | None = None,
+    agent: dict[str, Any] | None = None,
 ) -> tuple[FaultyModel, Any, tm.MemoryJournal]:
-    """The first seed whose run ``wanted`` accepts (a fault, then a clean answer, say)."""
+    """The first seed whose run ``wanted`` accepts (a fault, then a clean answer, say).
+
+    Searching keeps the test honest if prompts change; the search itself is deterministic.
+    """
     for seed in range(200):
-        inner = kwargs.pop("inner", None) or _answering()
-        model = FaultyModel(inner, {fault: rate}, seed=seed, **kwargs.get("model", {}))
+        faulty = FaultyModel(_answering(), {fault: rate}, seed=seed, **(model or {}))
         journal = tm.MemoryJournal()
-        agent = _agent(model, **kwargs.get("agent", {}))
+        flow = _agent(faulty, **(agent or {}))
         result: Any
         try:
-            result = tm.run(agent, {"text": "where is my order?"}, journal=journal, run_id="r")
+            result = tm.run(flow, {"text": "where is my order?"}, journal=journal, run_id="r")
         except tm.RunError as exc:
             result = exc
-        if wanted(model, result):
-            return model, result, journal
+        if wanted(faulty, result):
+            return faulty, result, journal
     raise AssertionError("no seed in range(200) gives that run")
 
 

@@ -288,9 +288,9 @@ class FaultyModel:
             return await self.inner.generate(request)
         where = self.inner.name
         if fault == "timeout":
+            self.injected[fault] += 1  # counted first: a shorter model_timeout may cut the wait
             if self.timeout_after:
                 await asyncio.sleep(self.timeout_after)
-            self.injected[fault] += 1
             raise TransientModelError(
                 f"{where}: request timed out ({_TAG})",
                 error_type="timeout",
