@@ -66,6 +66,7 @@ from .errors import (
 )
 from .journal import Journal, MemoryJournal, SQLiteJournal, verify_run
 from .models.base import Message, Model, ModelRequest, ModelResponse, ToolCall, Usage
+from .models.faults import FAULTS, Fault, FaultyModel, InjectedTool, Injection
 from .models.offline import SchemaModel, ScriptedModel
 from .models.resilience import Cascade, CircuitBreaker, Fallback
 from .patterns import (
@@ -131,13 +132,18 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "EffectKind",
     "Evaluation",
     "Executor",
+    "FAULTS",
     "Fallback",
+    "Fault",
+    "FaultyModel",
     "FieldChange",
     "FunctionStep",
     "Gate",
     "GateError",
     "HandoffError",
     "InDoubtError",
+    "InjectedTool",
+    "Injection",
     "InputValidationError",
     "Intent",
     "InvalidStateValue",

@@ -102,7 +102,7 @@ def test_an_open_breaker_skips_the_model_until_a_half_open_probe() -> None:
     assert tm.run(flow, {"q": "?"}, journal=journal, run_id="r").output.answer == "b"
     assert primary.calls == 2  # not called: the circuit is open
     events = journal.read("r")
-    assert [e.payload["value"] for e in events if e.type == "breaker"][0] == "open"
+    assert next(e.payload["value"] for e in events if e.type == "breaker") == "open"
     assert any(e.type == "model.circuit_open" for e in events)
     replayed = tm.replay("r", flow, journal=journal)  # the breaker is not asked again
     assert replayed.identical and replayed.executed == 0

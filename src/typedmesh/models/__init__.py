@@ -12,9 +12,19 @@ from typing import Any
 from ..errors import ConfigurationError, ModelError
 from ._sdk import default_timeout, is_loopback, set_default_timeout
 from .base import Message, Model, ModelRequest, ModelResponse, ToolCall, ToolSchema, Usage
+from .faults import FAULTS, Fault, FaultyModel, InjectedTool, Injection
+from .resilience import Cascade, CircuitBreaker, Fallback
 
 __all__ = [
     "ALLOW_NETWORK",
+    "FAULTS",
+    "Cascade",
+    "CircuitBreaker",
+    "Fallback",
+    "Fault",
+    "FaultyModel",
+    "InjectedTool",
+    "Injection",
     "Message",
     "Model",
     "ModelRequest",
