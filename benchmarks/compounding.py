@@ -243,9 +243,7 @@ def plan_and_execute(planner_model: str, worker_model: str) -> tm.Step[Task, Any
     planner = tm.Agent(
         "planner", input=Task, output=tm.Plan, model=tm.ScriptedModel(plan, name=planner_model)
     )
-    researcher = tm.Agent(
-        "researcher", input=Task, output=Answer, model=offline(worker_model, 3)
-    )
+    researcher = tm.Agent("researcher", input=Task, output=Answer, model=offline(worker_model, 3))
     synthesizer = tm.Agent(
         "synthesizer", input=tm.PlanExecution, output=Answer, model=offline(worker_model, 4)
     )
