@@ -635,36 +635,51 @@ def verify_command(
 
 @app.command("cost")
 def cost_command(
-    run_id: RunIdArg, journal: JournalOpt = DEFAULT_JOURNAL, as_json: JsonOpt = False
+    run_id: RunIdArg,
+    journal: JournalOpt = DEFAULT_JOURNAL,
+    as_json: JsonOpt = False,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="one view: agent, model or node (default: all three)"),
+    ] = None,
 ) -> None:
-    """Usage and cost of a journaled run, by agent and by model."""
-    from .render import model_usage_table, usage_by_agent, usage_table
+    """Where a journaled run's money went: by pattern node, by agent and by model.
+
+    The views add up exactly to the run's total (the footer shows it). An
+    orchestrate run is compared with its planner's model doing every call; a
+    cascade that escalated shows its escalation rate and what it saved.
+    docs/cost.md explains each number."""
+    views: tuple[str, ...] = ("node", "agent", "model")
+    with _user_errors(as_json):
+        if by is not None:
+            if by not in views:
+                raise CommandLineError(f"--by must be agent, model or node, got {by!r}")
+            views = (by,)
+    from .render import cost_views, usage_by_agent
+    from .runtime.cost import reducer_cost
     from .runtime.reducer import reduce_events
 
     with _journal(journal, as_json, readonly=True) as store:
         events = store.read(run_id)
         reducer = reduce_events(events, store)
         root = reducer.finish(events[-1])
-        total, by_model = reducer.usage, reducer.by_model
+        report = reducer_cost(reducer)
+    total = reducer.usage
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "run_id": run_id,
-                    "usage": total.model_dump(),
-                    "cost_usd": total.cost_usd,
-                    "by_agent": {k: u.model_dump() for k, u in usage_by_agent(root).items()},
-                    "by_model": {k: u.model_dump() for k, u in by_model.items()},
-                }
-            )
-        )
+        document = {
+            # as recorded (float sums), as before: the exact views follow
+            "run_id": run_id,
+            "usage": total.model_dump(),
+            "cost_usd": total.cost_usd,
+            "by_agent": {k: u.model_dump() for k, u in usage_by_agent(root).items()},
+            "by_model": {k: u.model_dump() for k, u in reducer.by_model.items()},
+            **report.to_dict(views),
+        }
+        print(json.dumps(document))
         return
-    console.print(usage_table(root, total))
-    console.print(model_usage_table(by_model))
-    console.print(
-        f"[bold]cost:[/] ${total.cost_usd:.6f}   [bold]tokens:[/] {total.total_tokens}   "
-        f"[bold]model calls:[/] {total.model_calls}   [bold]tool calls:[/] {total.tool_calls}"
-    )
+    status = cj.run_status(events)
+    console.rule(f"[bold]{escape(root.name)}[/] run {escape(run_id)}  {status}: cost")
+    console.print(cost_views(report, views))
 
 
 def _flow_for(journal: str, run_id: str, flow: str | None) -> Step[Any, Any]:
@@ -873,6 +888,11 @@ def replay_command(
         cj.print_replay(console, result, swaps)
     if not swaps and not result.identical:
         raise typer.Exit(1)
+
+
+from .cli_reliability import reliability_command  # noqa: E402 - it uses the helpers above
+
+app.command("reliability")(reliability_command)
 
 
 def main() -> None:

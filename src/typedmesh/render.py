@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
@@ -17,12 +18,30 @@ from rich.tree import Tree
 
 from .journal.base import RunInfo
 from .models.base import Usage
+from .runtime.cost import (
+    CascadeCost,
+    CostReport,
+    NodeCost,
+    PlanAndExecute,
+    Spend,
+    format_usd,
+    places_of,
+)
 from .runtime.replay import FieldChange
 from .runtime.trace import TraceNode
 
 __all__ = [
+    "COST_VIEWS",
+    "cascade_table",
     "changes_table",
+    "cost_agent_table",
+    "cost_footer",
+    "cost_model_table",
+    "cost_node_table",
+    "cost_views",
     "model_usage_table",
+    "plan_and_execute_line",
+    "plan_and_execute_table",
     "runs_table",
     "trace_tree",
     "usage_by_agent",
@@ -200,3 +219,303 @@ def changes_table(changes: Iterable[FieldChange]) -> Table:
     for change in changes:
         table.add_row(Text(change.path), _cell(change.before), _cell(change.after))
     return table
+
+
+# -- cost views (typedmesh cost) -------------------------------------------------------
+# Every amount of one report is printed with the same decimals (report.places()): the
+# columns line up and each amount is exact, so the rows visibly add up to the totals.
+
+
+def _cost_table(title: str, *columns: str, text: int = 1) -> Table:
+    """A compact table: the first ``text`` columns hold text, the others numbers."""
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index < text else "right")
+    return table
+
+
+def _keep_numbers(table: Table) -> Table:
+    """Numbers never wrap nor shrink (each column is as wide as its widest cell), nor do
+    names up to 24 characters in the first column: the other text columns wrap instead."""
+    for index, column in enumerate(table.columns):
+        cells = [c.plain if isinstance(c, Text) else str(c) for c in column.cells]
+        widest = max((len(c) for c in cells), default=0)
+        if column.justify == "right":
+            column.min_width = widest
+            column.no_wrap = True
+        else:
+            column.overflow = "fold"
+            column.no_wrap = index == 0 and widest <= 24
+    return table
+
+
+def _money(spend: Spend, places: int) -> str:
+    """A spend's cost: ``-`` for no model call, ``unpriced`` when no call had a price."""
+    if not spend.model_calls:
+        return "-"
+    if spend.unpriced_calls == spend.model_calls:
+        return "unpriced"
+    text = format_usd(spend.cost_pusd, places)
+    return f"{text} + unpriced" if spend.unpriced_calls else text
+
+
+def _sum_spend(spends: Iterable[Spend]) -> Spend:
+    total = Spend()
+    for spend in spends:
+        total = total + spend
+    return total
+
+
+def _amount(pusd: int | None, places: int) -> str:
+    return "unpriced" if pusd is None else format_usd(pusd, places)
+
+
+def _tokens(spend: Spend) -> str:
+    return str(spend.total_tokens) if spend.model_calls else "-"
+
+
+def _percent(value: Any) -> str:
+    return "unpriced" if value is None else f"{value:.1f}%"
+
+
+def cost_node_table(report: CostReport, places: int | None = None) -> Table:
+    """The pattern tree: tokens and cost of each node itself (own) and with its children."""
+    places = report.places() if places is None else places
+    table = _cost_table(
+        "by node (own: the node itself; total: with every node under it)",
+        "node",
+        "calls",
+        "own tok",
+        "own USD",
+        "total tok",
+        "total USD",
+    )
+
+    def add(node: NodeCost, prefix: str, last: bool, top: bool) -> None:
+        guide = "" if top else prefix + ("└─ " if last else "├─ ")
+        name = Text(guide, style="dim")
+        name.append(node.name, style="bold" if node.total.spent else "")
+        if node.kind not in {"agent", node.name}:  # the pattern (or function) it is
+            name.append(f"  {node.kind}", style="cyan")
+        own, total = node.own, node.total
+        table.add_row(
+            name,
+            str(own.model_calls) if own.model_calls else "",
+            _tokens(own),
+            _money(own, places),
+            _tokens(total),
+            Text(_money(total, places), style="bold" if top else ""),
+        )
+        below = "" if top else prefix + ("   " if last else "│  ")
+        for index, child in enumerate(node.children):
+            add(child, below, index == len(node.children) - 1, False)
+
+    add(report.root, "", True, True)
+    return _keep_numbers(table)
+
+
+def cost_agent_table(report: CostReport, places: int | None = None) -> Table:
+    """Each agent identity that spent anything, with a total row."""
+    places = report.places() if places is None else places
+    table = _cost_table(
+        "by agent", "agent", "models", "calls", "in tok", "out tok", "tools", "USD", text=2
+    )
+    for agent, spend in report.by_agent.items():
+        table.add_row(
+            escape(agent),
+            escape(", ".join(report.agent_models.get(agent, []))),
+            str(spend.model_calls),
+            str(spend.input_tokens),
+            str(spend.output_tokens),
+            str(spend.tool_calls),
+            _money(spend, places),
+        )
+    total = report.total
+    table.add_row(
+        Text("total", style="bold"),
+        "",
+        str(total.model_calls),
+        str(total.input_tokens),
+        str(total.output_tokens),
+        str(total.tool_calls),
+        Text(_money(total, places), style="bold"),
+    )
+    return _keep_numbers(table)
+
+
+def cost_model_table(report: CostReport, places: int | None = None) -> Table:
+    """Each model name: how it was priced, its calls, tokens and cost."""
+    places = report.places() if places is None else places
+    table = _cost_table("by model", "model", "pricing", "calls", "in tok", "out tok", "USD", text=2)
+    for name, model in report.by_model.items():
+        spend = model.spend
+        table.add_row(
+            escape(name),
+            Text(model.pricing, style="yellow" if model.priced_as is None else "dim"),
+            str(spend.model_calls),
+            str(spend.input_tokens),
+            str(spend.output_tokens),
+            _money(spend, places),
+        )
+    total = report.total
+    table.add_row(
+        Text("total", style="bold"),
+        "",
+        str(total.model_calls),
+        str(total.input_tokens),
+        str(total.output_tokens),
+        Text(_money(total, places), style="bold"),
+    )
+    return _keep_numbers(table)
+
+
+def plan_and_execute_line(plan: PlanAndExecute, places: int | None = None) -> Text:
+    """One line: what the orchestrate run cost, on the planner's model, and the saving."""
+    hypothetical = plan.all_on_planner_pusd
+    if places is None:
+        places = places_of(plan.actual_pusd, hypothetical or 0, plan.saved_pusd or 0)
+    actual = format_usd(plan.actual_pusd, places)
+    if hypothetical is None:
+        return Text(
+            f"plan-and-execute: {actual}; {plan.planner_model} has no price, so the saving "
+            "is unknown",
+            style="yellow",
+        )
+    saved = plan.saved_pusd or 0
+    return Text.assemble(
+        ("plan-and-execute: ", "bold"),
+        f"{actual}; all on {plan.planner_model}: {format_usd(hypothetical, places)}; ",
+        (f"saved {_percent(plan.saving_pct)}", "bold green" if saved >= 0 else "bold red"),
+    )
+
+
+def plan_and_execute_table(plan: PlanAndExecute, places: int | None = None) -> Group:
+    """An orchestrate run as run, against every call on the planner's model; the saving."""
+    if places is None:
+        places = places_of(
+            plan.actual_pusd,
+            plan.all_on_planner_pusd or 0,
+            plan.saved_pusd or 0,
+            *(r.spend.cost_pusd for r in plan.roles),
+            *(r.on_planner_pusd or 0 for r in plan.roles),
+        )
+    model = escape(plan.planner_model)
+    table = _cost_table(
+        f"plan-and-execute at {escape(plan.path)}: as run, and on the planner's model",
+        "node",
+        "role",
+        "models",
+        "tokens",
+        "USD",
+        f"on {model}",
+        text=3,
+    )
+    for role in plan.roles:
+        table.add_row(
+            escape(role.node),
+            Text(role.role, style="cyan"),
+            escape(", ".join(role.models)),
+            _tokens(role.spend),
+            _money(role.spend, places),
+            _amount(role.on_planner_pusd, places),
+        )
+    total = _sum_spend(r.spend for r in plan.roles)
+    table.add_row(
+        Text("total", style="bold"),
+        "",
+        "",
+        _tokens(total),
+        Text(format_usd(plan.actual_pusd, places), style="bold"),
+        Text(_amount(plan.all_on_planner_pusd, places), style="bold"),
+    )
+    return Group(_keep_numbers(table), plan_and_execute_line(plan, places))
+
+
+def cascade_table(cascades: Iterable[CascadeCost], places: int | None = None) -> Table:
+    """Each escalating cascade: its escalation rate, cost, and saving against its top model."""
+    cascades = list(cascades)
+    if places is None:
+        places = places_of(
+            *(c.spend.cost_pusd for c in cascades),
+            *(c.all_on_top_pusd or 0 for c in cascades),
+        )
+    table = _cost_table(
+        "cascades (cheap first; escalated after a rejected answer)",
+        "agent",
+        "models",
+        "escalated",
+        "USD",
+        "all on top",
+        "saved",
+        text=2,
+    )
+    for cascade in cascades:
+        table.add_row(
+            escape(cascade.agent),
+            escape(" -> ".join(cascade.models)),
+            f"{cascade.escalated_answers}/{cascade.answers} ({cascade.escalation_rate:.0%})",
+            _money(cascade.spend, places),
+            _amount(cascade.all_on_top_pusd, places),
+            _percent(cascade.saving_pct),
+        )
+    return _keep_numbers(table)
+
+
+def cost_footer(report: CostReport, places: int | None = None) -> Text:
+    """The run's totals, and the total as each view adds it up: exact, or how they differ."""
+    places = report.places() if places is None else places
+    sums = report.sums()
+    total = report.total
+    text = Text()
+    for label, value in (
+        ("cost", _money(total, places)),
+        ("tokens", str(total.total_tokens)),
+        ("model calls", str(total.model_calls)),
+        ("tool calls", str(total.tool_calls)),
+    ):
+        text.append(f"{label}: ", style="bold")
+        text.append(f"{value}   ")
+    text.rstrip()
+    text.append("\nsums: ", style="bold")
+    views = ("nodes", "agents", "models", "calls")
+    if report.exact:
+        text.append(" = ".join(views) + f" = {format_usd(sums['total'], places)} = run total")
+        text.append(" (exact)", style="green")
+    else:
+        text.append("  ".join(f"{view} {format_usd(sums[view], places)}" for view in views))
+        text.append(f"  run total {format_usd(sums['total'], places)}: they differ", style="red")
+    if total.unpriced_calls:
+        text.append(
+            f"\n{total.unpriced_calls} model call(s) on a model with no price: their tokens "
+            "are counted, their cost is not (typedmesh.models.pricing.register_price)",
+            style="yellow",
+        )
+    return text
+
+
+COST_VIEWS = ("node", "agent", "model")
+"""The views of ``typedmesh cost``, in the order it prints them."""
+
+
+def cost_views(report: CostReport, views: Iterable[str] = COST_VIEWS) -> Group:
+    """``typedmesh cost``: the chosen views, the comparisons that apply, the footer."""
+    wanted = set(views)
+    places = report.places()
+    parts: list[Any] = []
+    if "node" in wanted:
+        parts.append(cost_node_table(report, places))
+    if "agent" in wanted:
+        parts.append(cost_agent_table(report, places))
+    if "model" in wanted:
+        parts.append(cost_model_table(report, places))
+    parts.extend(plan_and_execute_table(plan, places) for plan in report.plans)
+    if report.cascades:
+        parts.append(cascade_table(report.cascades, places))
+    parts.append(cost_footer(report, places))
+    return Group(*parts)
