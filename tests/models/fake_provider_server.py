@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -61,6 +62,8 @@ class FakeProviderServer:
         self._open: dict[int, socket.socket] = {}
         self._queue: deque[Canned] = deque()
         self._lock = threading.Lock()
+        self.batches = FakeBatches(self)
+        """The fake batch endpoints (OpenAI files + batches, Anthropic message batches)."""
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
@@ -172,9 +175,33 @@ class FakeProviderServer:
                 finally:
                     server._closed(self.number)
 
+            def _reply(self, status: int, payload: bytes, content_type: str) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    self.close_connection = True
+
+            def _batch_route(self, method: str, raw: bytes) -> bool:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                answer = server.batches.route(method, self.path, headers, raw)
+                if answer is None:
+                    return False
+                self._reply(*answer)
+                return True
+
+            def do_GET(self) -> None:
+                if not self._batch_route("GET", b""):
+                    self._reply(404, b'{"error": {"message": "no route"}}', "application/json")
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                if self._batch_route("POST", raw):
+                    return
                 try:
                     body: Any = json.loads(raw) if raw else None
                 except ValueError:
@@ -219,6 +246,271 @@ class FakeProviderServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- provider batch endpoints ----------------------------------------------------
+
+BatchResponder = Callable[[str, str, dict[str, Any]], Canned]
+"""``(provider, custom_id, params) -> Canned``: the answer to one request of a batch."""
+
+
+@dataclass
+class FakeBatch:
+    """One provider batch: its requests (custom_id, params) and, once ended, its answers."""
+
+    id: str
+    provider: str
+    requests: list[tuple[str, dict[str, Any]]]
+    status: str = "in_progress"
+    """in_progress, completed (OpenAI) / ended (Anthropic), failed, expired."""
+    answers: dict[str, Canned] = field(default_factory=dict)
+    created_at: int = 1_700_000_000
+
+
+class FakeBatches:
+    """The batch routes of a ``FakeProviderServer``.
+
+    OpenAI: ``POST /v1/files`` (multipart, purpose=batch), ``POST /v1/batches``,
+    ``GET /v1/batches/{id}``, ``GET /v1/files/{id}/content``. Anthropic:
+    ``POST /v1/messages/batches``, ``GET /v1/messages/batches/{id}`` and its
+    ``/results``. A batch stays ``in_progress`` until ``complete()`` answers
+    every request (from the server's canned queue, in order, or a responder);
+    ``auto`` completes each batch as it is created. Every call is recorded in
+    ``calls`` as ``(method, path)``; batch requests never touch ``requests``.
+    """
+
+    def __init__(self, server: FakeProviderServer) -> None:
+        self._server = server
+        self._lock = threading.Lock()
+        self.files: dict[str, bytes] = {}
+        self.by_id: dict[str, FakeBatch] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.auto: BatchResponder | None = None
+        self._count = 0
+
+    # -- the test's side ---------------------------------------------------------
+
+    def complete(
+        self,
+        responder: BatchResponder | None = None,
+        *,
+        ids: list[str] | None = None,
+        status: str | None = None,
+    ) -> int:
+        """End the running batches (or those in ``ids``); how many requests were answered.
+
+        Each request is answered by ``responder`` or, without one, by the next
+        canned answer queued on the server. ``status`` ends them another way
+        (``failed``, ``expired``: no answers).
+        """
+        answered = 0
+        with self._lock:
+            running = [
+                b
+                for b in self.by_id.values()
+                if b.status == "in_progress" and (ids is None or b.id in ids)
+            ]
+        for batch in running:
+            if status is None:
+                for custom_id, params in batch.requests:
+                    batch.answers[custom_id] = (
+                        responder(batch.provider, custom_id, params)
+                        if responder is not None
+                        else self._server._queue.popleft()
+                    )
+                    answered += 1
+            batch.status = status or ("completed" if batch.provider == "openai" else "ended")
+        return answered
+
+    @property
+    def requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every request submitted in any batch: (custom_id, params)."""
+        return [r for b in self.by_id.values() for r in b.requests]
+
+    # -- the wire's side ---------------------------------------------------------
+
+    def _new_id(self, prefix: str) -> str:
+        with self._lock:
+            self._count += 1
+            return f"{prefix}{self._count:04d}"
+
+    def route(
+        self, method: str, path: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, bytes, str] | None:
+        path = path.split("?", 1)[0]
+        parts = path.strip("/").split("/")
+        handled: tuple[int, Any] | tuple[int, bytes, str] | None = None
+        if method == "POST" and path == "/v1/files":
+            handled = self._upload(headers, raw)
+        elif method == "POST" and path == "/v1/batches":
+            handled = self._create_openai(json.loads(raw or b"{}"))
+        elif method == "GET" and parts[:2] == ["v1", "batches"] and len(parts) == 3:
+            handled = self._openai_batch(parts[2])
+        elif method == "GET" and parts[:2] == ["v1", "files"] and parts[3:] == ["content"]:
+            data = self.files.get(parts[2])
+            handled = (200, data, "application/octet-stream") if data is not None else (404, {})
+        elif method == "POST" and path == "/v1/messages/batches":
+            handled = self._create_anthropic(json.loads(raw or b"{}"))
+        elif method == "GET" and parts[:3] == ["v1", "messages", "batches"] and len(parts) == 4:
+            handled = self._anthropic_batch(parts[3])
+        elif (
+            method == "GET"
+            and parts[:3] == ["v1", "messages", "batches"]
+            and parts[4:] == ["results"]
+        ):
+            handled = self._anthropic_results(parts[3])
+        if handled is None:
+            return None
+        with self._lock:
+            self.calls.append((method, path))
+        if len(handled) == 3:
+            return handled  # type: ignore[return-value]
+        status, body = handled
+        return status, json.dumps(body).encode(), "application/json"
+
+    def _upload(self, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
+        from email.parser import BytesParser
+        from email.policy import HTTP
+
+        message = BytesParser(policy=HTTP).parsebytes(
+            f"Content-Type: {headers.get('content-type', '')}\r\n\r\n".encode() + raw
+        )
+        content, purpose = b"", ""
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True) or b""
+            if name == "file":
+                content = payload
+            elif name == "purpose":
+                purpose = payload.decode()
+        file_id = self._new_id("file-")
+        self.files[file_id] = content
+        return 200, {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": 1_700_000_000,
+            "filename": "batch.jsonl",
+            "purpose": purpose,
+            "status": "processed",
+        }
+
+    def _create_openai(self, body: dict[str, Any]) -> tuple[int, Any]:
+        data = self.files.get(str(body.get("input_file_id")))
+        if data is None:
+            return 400, {"error": {"message": "no such file", "type": "invalid_request_error"}}
+        requests = []
+        for line in data.decode().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                requests.append((entry["custom_id"], entry["body"]))
+        batch = FakeBatch(self._new_id("batch_"), "openai", requests)
+        with self._lock:
+            self.by_id[batch.id] = batch
+        if self.auto is not None:
+            self.complete(self.auto, ids=[batch.id])
+        return self._openai_batch(batch.id)
+
+    def _openai_batch(self, batch_id: str) -> tuple[int, Any]:
+        batch = self.by_id.get(batch_id)
+        if batch is None:
+            return 404, {"error": {"message": "no such batch", "type": "invalid_request_error"}}
+        output_id = error_id = None
+        if batch.status in ("completed", "expired") and batch.answers:
+            ok = [(c, a) for c, a in batch.answers.items() if a.status == 200]
+            bad = [(c, a) for c, a in batch.answers.items() if a.status != 200]
+            output_id = self._file_of(batch.id, "out", ok) if ok else None
+            error_id = self._file_of(batch.id, "err", bad) if bad else None
+        return 200, {
+            "id": batch.id,
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": "file-in",
+            "completion_window": "24h",
+            "status": batch.status,
+            "created_at": batch.created_at,
+            "output_file_id": output_id,
+            "error_file_id": error_id,
+            "errors": {"object": "list", "data": [{"code": "invalid", "message": "bad file"}]}
+            if batch.status == "failed"
+            else None,
+            "request_counts": {
+                "total": len(batch.requests),
+                "completed": sum(a.status == 200 for a in batch.answers.values()),
+                "failed": sum(a.status != 200 for a in batch.answers.values()),
+            },
+        }
+
+    def _file_of(self, batch_id: str, kind: str, answers: list[tuple[str, Canned]]) -> str:
+        file_id = f"file-{batch_id}-{kind}"
+        lines = [
+            json.dumps(
+                {
+                    "id": f"batch_req_{n}",
+                    "custom_id": custom_id,
+                    "response": {
+                        "status_code": answer.status,
+                        "request_id": f"req_{n}",
+                        "body": answer.body,
+                    },
+                    "error": None,
+                }
+            )
+            for n, (custom_id, answer) in enumerate(answers)
+        ]
+        self.files[file_id] = ("\n".join(lines) + "\n").encode()
+        return file_id
+
+    def _create_anthropic(self, body: dict[str, Any]) -> tuple[int, Any]:
+        requests = [(r["custom_id"], r["params"]) for r in body.get("requests", [])]
+        batch = FakeBatch(self._new_id("msgbatch_"), "anthropic", requests)
+        with self._lock:
+            self.by_id[batch.id] = batch
+        if self.auto is not None:
+            self.complete(self.auto, ids=[batch.id])
+        return self._anthropic_batch(batch.id)
+
+    def _anthropic_batch(self, batch_id: str) -> tuple[int, Any]:
+        batch = self.by_id.get(batch_id)
+        if batch is None:
+            return 404, anthropic_error("no such batch", type="not_found_error")
+        ended = batch.status != "in_progress"
+        return 200, {
+            "id": batch.id,
+            "type": "message_batch",
+            "processing_status": "ended" if ended else "in_progress",
+            "request_counts": {
+                "processing": 0 if ended else len(batch.requests),
+                "succeeded": sum(a.status == 200 for a in batch.answers.values()),
+                "errored": sum(a.status != 200 for a in batch.answers.values()),
+                "canceled": 0,
+                "expired": len(batch.requests) - len(batch.answers) if ended else 0,
+            },
+            "created_at": "2026-01-01T00:00:00Z",
+            "expires_at": "2026-01-02T00:00:00Z",
+            "ended_at": "2026-01-01T01:00:00Z" if ended else None,
+            "archived_at": None,
+            "cancel_initiated_at": None,
+            "results_url": f"{self._server.url}/v1/messages/batches/{batch.id}/results"
+            if ended
+            else None,
+        }
+
+    def _anthropic_results(self, batch_id: str) -> tuple[int, bytes, str] | tuple[int, Any]:
+        batch = self.by_id.get(batch_id)
+        if batch is None or batch.status == "in_progress":
+            return 404, anthropic_error("no results yet", type="not_found_error")
+        lines = []
+        for custom_id, _ in batch.requests:
+            answer = batch.answers.get(custom_id)
+            if answer is None:
+                result: dict[str, Any] = {"type": "expired"}
+            elif answer.status == 200:
+                result = {"type": "succeeded", "message": answer.body}
+            else:
+                result = {"type": "errored", "error": answer.body}
+            lines.append(json.dumps({"custom_id": custom_id, "result": result}))
+        return 200, ("\n".join(lines) + "\n").encode(), "application/binary"
 
 
 # -- canned bodies in each provider's wire format ----------------------------

@@ -20,6 +20,7 @@ from ..errors import BudgetExceeded, ModelError, TransientModelError, TypedMeshE
 from ..models.base import Model, ModelRequest, ModelResponse, Usage
 from ..models.pricing import cost_of
 from ..models.resilience import BREAKERS, CircuitBreaker, CircuitOpen, Fallback, model_key
+from .batch_calls import batched, call_batched, current_meter, metered
 from .budget import Reservation
 from .kinds import BREAKER, MODEL, RequestRecord
 from .retry import RetryPolicy
@@ -77,25 +78,37 @@ async def _call(
     """One model, retried on transient errors under keys derived from ``base``."""
     meta = {"model": model.name, "provider": model.provider}
     circuit = model_key(model) if breaker is not None else ""
+    meter = current_meter()  # a batch's shared budget and spending, if in one
     attempt = 0
     while True:
         attempt += 1
         key = base if attempt == 1 else f"{base}.{attempt}"
         held: list[Reservation] = []
+        shared: list[Reservation | None] = []  # held against a batch's shared budget
 
-        def admit(record: RequestRecord, held: list[Reservation] = held, key: str = key) -> None:
+        def admit(
+            record: RequestRecord,
+            held: list[Reservation] = held,
+            shared: list[Reservation | None] = shared,
+            key: str = key,
+        ) -> None:
             _check_deadline(run, key)
             tracker = run.tracker
-            if tracker is None:
+            if tracker is None and meter is None:
                 return
             size = len(record.text) if record.text else len(request.model_dump_json())
             try:
-                held.append(tracker.reserve(model.name, size, request.max_tokens))
+                if tracker is not None:
+                    held.append(tracker.reserve(model.name, size, request.max_tokens))
+                if meter is not None:
+                    shared.append(meter.reserve(model.name, size, request.max_tokens))
             except BudgetExceeded as exc:
                 ctx.record("budget.exceeded", limit=exc.limit, value=exc.value, spent=exc.spent)
                 raise
 
-        async def execute() -> ModelResponse:
+        async def execute(key: str = key) -> ModelResponse:
+            if batched(run, model):  # through the provider's batch API: the run may suspend
+                return await call_batched(ctx, run, model, request, key)
             if breaker is None:
                 return await _generate(model, request, attempt_timeout)
             try:
@@ -122,7 +135,7 @@ async def _call(
                         provider=model.provider,
                     )
             response: ModelResponse = await run.effects.perform(
-                ctx, MODEL, key, request, execute, meta=meta, admit=admit
+                ctx, MODEL, key, request, metered(execute), meta=meta, admit=admit
             )
         except Exception as exc:
             if not isinstance(exc, CircuitOpen) and retry.should_retry(exc, attempt):
@@ -143,6 +156,8 @@ async def _call(
         finally:
             if held and run.tracker is not None:
                 run.tracker.release(held[0])
+            if shared and meter is not None:
+                meter.release(shared[0])
         return response
 
 
