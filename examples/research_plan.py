@@ -4,8 +4,9 @@ An expensive planner writes a typed ``tm.Plan``: two independent searches
 (which run concurrently) and a summary that depends on both, wired with
 ``{"$ref": "s1.sources"}``. Cheap workers execute it and a cheap synthesizer
 writes the brief. The plan is recorded and returned: it is the audit trail.
-``main()`` prints the cost by agent next to what the same tokens would cost
-if every agent ran on the planner's model: the plan-and-execute saving.
+``main()`` prints the cost of each role (planner, workers, synthesizer) next
+to what the same tokens would cost on the planner's model, and the saving:
+the plan-and-execute comparison that ``typedmesh cost RUN_ID`` also prints.
 
     python examples/research_plan.py
     TYPEDMESH_MODEL=openai:gpt-4o-mini python examples/research_plan.py
@@ -27,6 +28,7 @@ from pydantic import BaseModel, Field
 import typedmesh as tm
 from typedmesh.models import model_from_env
 from typedmesh.models.pricing import cost_of
+from typedmesh.runtime.cost import CostReport, format_usd, run_cost
 
 # -- contracts ------------------------------------------------------------------------
 
@@ -319,8 +321,35 @@ def planner_model(trace: tm.TraceNode) -> str:
     return next(n.models[0] for n in trace.walk() if n.name == planner.name and n.models)
 
 
+def plan_and_execute(report: CostReport) -> list[str]:
+    """The orchestrate node's cost by role, as run and on the planner's model, and the saving."""
+    [plan] = report.plans  # one orchestrate node in this flow
+    places = report.places()  # every amount exact, all with the same decimals
+
+    def usd(pusd: int) -> str:
+        return format_usd(pusd, places)
+
+    on = f"on {plan.planner_model}"
+    lines = [f"{'node':<16}{'role':<13}{'model':<13}{'tokens':>7}{'cost':>13}{on:>13}"]
+    for role in plan.roles:
+        as_planner = "unpriced" if role.on_planner_pusd is None else usd(role.on_planner_pusd)
+        lines.append(
+            f"{role.node:<16}{role.role:<13}{', '.join(role.models):<13}"
+            f"{role.spend.total_tokens:>7}{usd(role.spend.cost_pusd):>13}{as_planner:>13}"
+        )
+    if plan.all_on_planner_pusd is None:
+        lines.append(f"plan-and-execute: {usd(plan.actual_pusd)}; {plan.planner_model}: unpriced")
+    else:
+        lines.append(
+            f"plan-and-execute: {usd(plan.actual_pusd)} vs {usd(plan.all_on_planner_pusd)} with "
+            f"{plan.planner_model} doing every call: {plan.saving_pct:.1f}% saved"
+        )
+    return lines
+
+
 def main() -> None:
-    result = tm.run(flow, example_input, intent=intent)
+    journal = tm.MemoryJournal()  # `typedmesh cost` reads the same report from a journal file
+    result = tm.run(flow, example_input, intent=intent, journal=journal)
     outcome: tm.Orchestrated[ResearchBrief] = result.output
     print("plan:")
     for s in outcome.plan.steps:
@@ -332,21 +361,9 @@ def main() -> None:
     print(f"  caveats: {'; '.join(outcome.output.caveats)}")
     print(f"  sources: {', '.join(outcome.output.citations)}")
 
-    baseline = planner_model(result.trace)
-    rows = cost_by_agent(result.trace, baseline)
-    print(f"\n{'agent':<18}{'model':<14}{'in':>6}{'out':>6}{'cost':>12}{'on ' + baseline:>16}")
-    for r in rows:
-        print(
-            f"{r.step:<18}{r.model:<14}{r.input_tokens:>6}{r.output_tokens:>6}"
-            f"{r.cost_usd:>12.6f}{r.cost_on_baseline_usd:>16.6f}"
-        )
-    actual = sum(r.cost_usd for r in rows)
-    all_on_planner = sum(r.cost_on_baseline_usd for r in rows)
-    saved = 1 - actual / all_on_planner if all_on_planner else 0.0
-    print(
-        f"plan-and-execute: ${actual:.6f} vs ${all_on_planner:.6f} with every agent on "
-        f"{baseline}: {saved:.0%} saved"
-    )
+    report = run_cost(journal, result.run_id)
+    print()
+    print("\n".join(plan_and_execute(report)))
     u = result.usage
     print(
         f"usage: {u.model_calls} model calls, {u.tool_calls} tool calls, "
