@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -75,7 +76,7 @@ def typedmesh(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        env={"COLUMNS": "140", "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "COLUMNS": "140"},
     )
 
 
