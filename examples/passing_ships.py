@@ -134,7 +134,7 @@ async def issue_refund(order_id: str, amount: float, ctx: tm.RunContext) -> Rece
 @tm.tool(requires={"warehouse:read"})
 async def check_stock(sku: str) -> Stock:
     """How many units of ``sku`` the warehouse has."""
-    await asyncio.sleep(0.05)  # the warehouse API answers in ~50 ms
+    await asyncio.sleep(0.2)  # the warehouse API answers in ~200 ms
     return Stock(sku=sku, available=WAREHOUSE.get(sku, 0))
 
 
