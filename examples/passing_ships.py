@@ -19,6 +19,9 @@ writers, stamped by the framework from the store.
     typedmesh run examples/passing_ships.py:flow -i '{"order_id": "42", "claims": false}'
     typedmesh state history order:42
 
+Offline, the warehouse agent checks stock first (~200 ms), so the refund
+claims the order first; on a real model either may win, and exactly one acts.
+
 The order is seeded by the flow itself (created if the store has none), in
 the store the run uses: by default the SQLite file ``.typedmesh/runs.db``,
 the journal's file, which ``typedmesh state`` reads by default too. A claim
