@@ -21,6 +21,7 @@ conformance suite in ``typedmesh.testing.state_conformance`` checks it.
 from __future__ import annotations
 
 import json
+import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -316,14 +317,18 @@ class StateStore(ABC):
         writer: Writer | None = None,
     ) -> Versioned[Any]:
         """Read, apply ``fn``, write back at the version read; re-read and retry on a
-        lost race, up to ``max_attempts`` (then the last ``StaleVersion``).
+        lost race, up to ``max_attempts`` (then the last ``StaleVersion``). Between
+        tries it waits a random moment that doubles each time (up to 50 ms), so
+        writers racing on one key spread out instead of colliding again.
 
         A key with no value gives ``fn`` the ``default`` (``StateNotFound`` without one).
         """
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         last: StaleVersion | None = None
-        for _ in range(max_attempts):
+        for attempt in range(max_attempts):
+            if attempt:
+                time.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
             current = self.get(key)
             if current is None and default is _MISSING:
                 raise StateNotFound(
@@ -493,7 +498,12 @@ def check_key(key: str, *, internal: bool = False, store: str = "") -> None:
 
 
 def check_size(key: str, text: str, *, limit: int = MAX_VALUE_BYTES, store: str = "") -> None:
-    size = len(text.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidStateValue(
+            f"value for {key!r} is not valid Unicode text ({exc.reason})", store=store, key=key
+        ) from exc
     if size > limit:
         raise InvalidStateValue(
             f"value for {key!r} is {size} bytes of JSON; the store holds at most {limit} per value",
