@@ -116,8 +116,22 @@ def _decorate(branch: Tree, node: TraceNode) -> None:
                 for s in event["plan"]["steps"]
             )
             branch.add(Text(f"plan (attempt {event['attempts']}): {steps}", style="cyan"))
+        elif kind.startswith("approval."):
+            branch.add(_approval(event))
     if node.error:
         branch.add(Text(f"error: {node.error}", style="red"))
+
+
+def _approval(event: Mapping[str, Any]) -> Text:
+    """A tool call's approval: who approved or denied it (and why), or that it waits."""
+    call = f"{event.get('tool') or 'tool'} ({event.get('call')})"
+    if event["event"] == "approval.waiting":
+        return Text(f"waiting for approval: {call}", style="yellow")
+    verb = "approved" if event["event"] == "approval.approved" else "denied"
+    reason = f": {event['reason']}" if event.get("reason") else ""
+    at = str(event.get("at") or "")[:19].replace("T", " ")  # UTC, to the second
+    text = f"{call} {verb} by {event.get('by')} at {at} UTC{reason}"
+    return Text(text, style="green" if verb == "approved" else "red")
 
 
 def trace_tree(root: TraceNode) -> Tree:

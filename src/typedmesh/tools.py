@@ -5,6 +5,12 @@ into a ``Tool``: its parameters become a pydantic model (the JSON schema the
 model sees, and the validator of what the model sends), ``requires`` names
 the scopes a caller must hold, and ``idempotent`` says whether the tool may be
 retried safely with the same ``ctx.idempotency_key`` after a crash.
+
+``requires_approval=True`` (or a predicate on the call's arguments, such as
+``lambda args: args["amount"] > 100``) makes a call wait for a person's
+decision: the run suspends, ``typedmesh approve`` records who decided, and
+``resume`` runs the tool (once) or tells the model it was denied
+(``docs/approval.md``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 import sys
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
 
@@ -24,7 +30,11 @@ from .models.base import ToolSchema
 if TYPE_CHECKING:
     from .runtime.context import RunContext
 
-__all__ = ["Tool", "tool"]
+__all__ = ["ApprovalRule", "Tool", "tool"]
+
+ApprovalRule: TypeAlias = bool | Callable[[dict[str, Any]], bool]
+"""``requires_approval``: always, never, or a predicate on the call's validated
+arguments (a dict, by parameter name, the values as the tool receives them)."""
 
 
 class Tool:
@@ -39,6 +49,7 @@ class Tool:
         requires: set[str] | frozenset[str] = frozenset(),
         idempotent: bool = True,
         retry_on: tuple[type[Exception], ...] = (),
+        requires_approval: ApprovalRule = False,
         localns: dict[str, Any] | None = None,
     ) -> None:
         self.fn = fn
@@ -50,6 +61,13 @@ class Tool:
         self.retry_on = tuple(retry_on)
         """Exceptions (besides ``ToolError``) told to the model so it can try again;
         any other exception is a bug and fails the step."""
+        if not (isinstance(requires_approval, bool) or callable(requires_approval)):
+            raise ConfigurationError(
+                f"tool {self.name!r}: requires_approval must be True, False or a predicate "
+                f"on the arguments, got {requires_approval!r}"
+            )
+        self.requires_approval: ApprovalRule = requires_approval
+        """Whether a call waits for a person's decision (``needs_approval``)."""
         self._is_async = inspect.iscoroutinefunction(fn)
         hints = typing.get_type_hints(fn, localns=localns)
         self.args_model, self._ctx_param = _arguments_model(fn, self.name, hints)
@@ -73,6 +91,14 @@ class Tool:
             return await self.fn(**kwargs)
         return self.fn(**kwargs)
 
+    def needs_approval(self, arguments: BaseModel) -> bool:
+        """Whether this call, on these validated arguments, waits for a person's decision."""
+        rule = self.requires_approval
+        if isinstance(rule, bool):
+            return rule
+        values = {name: getattr(arguments, name) for name in type(arguments).model_fields}
+        return bool(rule(values))
+
     def to_jsonable(self, value: Any) -> Any:
         """The tool's result as plain JSON data, for the journal and the model."""
         return self._result_adapter.dump_python(value, mode="json")
@@ -93,7 +119,8 @@ class Tool:
         return await result if inspect.isawaitable(result) else result
 
     def __repr__(self) -> str:
-        return f"<Tool {self.name!r} requires={sorted(self.requires)}>"
+        approval = "" if self.requires_approval is False else " requires_approval"
+        return f"<Tool {self.name!r} requires={sorted(self.requires)}{approval}>"
 
 
 def _arguments_model(
@@ -126,6 +153,7 @@ def tool(
     requires: set[str] | frozenset[str] = frozenset(),
     idempotent: bool = True,
     retry_on: tuple[type[Exception], ...] = (),
+    requires_approval: ApprovalRule = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -138,11 +166,14 @@ def tool(
     requires: set[str] | frozenset[str] = frozenset(),
     idempotent: bool = True,
     retry_on: tuple[type[Exception], ...] = (),
+    requires_approval: ApprovalRule = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed function into a Tool; bare or with options.
 
     A ``ToolError`` the tool raises on purpose, or an exception in ``retry_on``,
     is told to the model; any other exception is a bug and fails the step.
+    ``requires_approval`` (True, or a predicate on the arguments dict) makes a
+    call wait for a recorded human decision before the tool runs.
     """
     localns = dict(sys._getframe(1).f_locals)  # models defined in a function body
     if fn is not None:
@@ -153,6 +184,7 @@ def tool(
             requires=requires,
             idempotent=idempotent,
             retry_on=retry_on,
+            requires_approval=requires_approval,
             localns=localns,
         )
 
@@ -164,6 +196,7 @@ def tool(
             requires=requires,
             idempotent=idempotent,
             retry_on=retry_on,
+            requires_approval=requires_approval,
             localns={**localns, **sys._getframe(1).f_locals},
         )
 

@@ -1,5 +1,6 @@
 """The runtime: run context, effects, budgets, retries, traces and running flows."""
 
+from .approval import APPROVAL as APPROVAL  # registers the approval kind: resume must know it
 from .batch_calls import provider_batch as provider_batch  # registers the batch kinds
 from .budget import Budget
 from .context import RunContext

@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 _TOOL_OUTCOMES = frozenset({"tool.result", "tool.error"})
+_APPROVAL_NOTES = frozenset({"approval.waiting", "approval.approved", "approval.denied"})
+_KEPT_ON_RESTART = _TOOL_OUTCOMES | _APPROVAL_NOTES
+"""Notes a step keeps when a resume starts it over: served calls write nothing again."""
 _STEP_ENDS = frozenset({"step.completed", "step.failed", "step.cancelled"})
 _LIFECYCLE = frozenset(
     {
@@ -129,6 +132,8 @@ class TraceReducer:
         """The latest call for each effect key."""
         self.state_writes: dict[str, tuple[str, str]] = {}
         """Each state write's (op, state key), by effect key, until its outcome."""
+        self.approvals: dict[str, str] = {}
+        """The tool each approval asked about, by the approval's effect key."""
 
     def accept(self, event: Event, blobs: Mapping[str, bytes]) -> None:
         self.add(event)
@@ -173,7 +178,7 @@ class TraceReducer:
             node.started_at = datetime.fromisoformat(event.ts)
         else:  # started again after a resume: its notes are written again, but a
             # served tool call writes nothing, so its outcome stays
-            node.events[:] = [e for e in node.events if e["event"] in _TOOL_OUTCOMES]
+            node.events[:] = [e for e in node.events if e["event"] in _KEPT_ON_RESTART]
             parent = None if node is self.root else self.owner(event.path.rpartition("/")[0])
         node.name, node.kind = name, kind
         node.identity = _identity(event.agent) or node.identity
@@ -213,6 +218,8 @@ class TraceReducer:
             self.attach(self.owner(event.path), event)
         elif kind == "state.written" or kind == "state.conflict":
             self.state_outcome(event)
+        elif kind.startswith("approval."):
+            self.approval(event)
         elif kind == "run.finished" or kind == "run.failed":
             if self.terminal is not None:  # two ends with no resume between: keep both
                 self.notes.append(self.terminal)
@@ -267,6 +274,32 @@ class TraceReducer:
             note["error"] = f"{payload.get('type', 'Error')}: {payload.get('message', '')}"
         if node is not None:
             node.events.append(note)
+        self.attach(node, event)
+
+    def approval(self, event: Event) -> None:
+        """A tool call's approval, on its step: waiting, then approved or denied and by whom."""
+        node = self.owner(event.path)
+        key = event.key or ""
+        payload = event.payload
+        call = key.removesuffix("/approval")
+        tool = self.approvals.get(key, "")
+        if event.type == "approval.requested":
+            self.approvals[key] = str(payload.get("tool") or "")
+        elif node is not None and event.type == "approval.waiting":
+            node.events.append({"event": event.type, "call": call, "tool": tool})
+        elif node is not None and event.type == "approval.decided":
+            waited = {"event": "approval.waiting", "call": call, "tool": tool}
+            node.events[:] = [e for e in node.events if e != waited]  # decided: no longer waits
+            node.events.append(
+                {
+                    "event": "approval.approved" if payload.get("approved") else "approval.denied",
+                    "call": call,
+                    "tool": tool,
+                    "by": payload.get("by"),
+                    "reason": payload.get("reason"),
+                    "at": payload.get("decided_at"),
+                }
+            )
         self.attach(node, event)
 
     def note(self, event: Event) -> None:

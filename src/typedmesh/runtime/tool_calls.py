@@ -1,7 +1,10 @@
 """Tool calls: scopes checked, arguments validated, side effects journaled once.
 
-A denied call runs nothing. A call's start is durable before the tool runs
-and carries an idempotency key stable across a crash. A ``ToolError`` the
+A denied call runs nothing. A tool that requires approval waits first for a
+person's recorded decision (``approval``: an effect of its own, keyed under
+the call), so the run may suspend there; once approved, the call goes on as
+any other, exactly once. A call's start is durable before the tool runs and
+carries an idempotency key stable across a crash. A ``ToolError`` the
 tool raises on purpose (or an exception it declares in ``retry_on``) is told
 to the model; any other exception is a bug and fails the step.
 """
@@ -22,6 +25,7 @@ from ..errors import (
     TypedMeshError,
 )
 from ..validation import error_lines
+from .approval import request_approval
 from .kinds import TOOL
 
 if TYPE_CHECKING:
@@ -56,6 +60,8 @@ async def call_tool(ctx: RunContext, run: RunState, tool: Tool, arguments: dict[
             tool=tool.name,
         ) from exc
     key = ctx.effect_key("tool")
+    if tool.requires_approval is not False and tool.needs_approval(parsed):
+        await request_approval(ctx, run, tool, key, jsonable_args)  # denied: ApprovalDenied
     idempotency_key = hashlib.sha256(f"{ctx.run_id}:{key}".encode()).hexdigest()[:32]
     tool_ctx = RunContext(
         run, key, ctx.step, idempotency_key=idempotency_key, origin=ctx.event_origin()
