@@ -154,11 +154,15 @@ def test_a_store_that_is_down_is_a_typed_error_and_the_journal_stays_consistent(
 # -- claims: the passing ships ----------------------------------------------------------
 
 
+CLAIMS = {"on": True}
+
+
 @tm.tool(requires={"orders:refund"})
 async def issue_refund(order_id: str, amount: float, ctx: tm.RunContext) -> str:
     """Refund an order."""
     await asyncio.sleep(random.random() * 0.003)
-    await ctx.state.claim(f"order:{order_id}", action="refund")
+    if CLAIMS["on"]:
+        await ctx.state.claim(f"order:{order_id}", action="refund")
     orders = ctx.state.namespace("order", Order)
     await orders.update(order_id, lambda o: o.model_copy(update={"refunded": amount}))
     return "refunded"
@@ -168,7 +172,8 @@ async def issue_refund(order_id: str, amount: float, ctx: tm.RunContext) -> str:
 async def send_replacement(order_id: str, ctx: tm.RunContext) -> str:
     """Ship a replacement."""
     await asyncio.sleep(random.random() * 0.003)
-    await ctx.state.claim(f"order:{order_id}", action="replacement")
+    if CLAIMS["on"]:
+        await ctx.state.claim(f"order:{order_id}", action="replacement")
     orders = ctx.state.namespace("order", Order)
     await orders.update(order_id, lambda o: o.model_copy(update={"replaced": True}))
     return "replacement sent"
@@ -196,7 +201,10 @@ def actor(tool: str, arguments: dict[str, Any]) -> Any:
     def respond(request: ModelRequest) -> Any:
         answers = [m for m in request.messages if m.role == "tool"]
         if not answers:
-            return {"tool_calls": [{"name": tool, "arguments": arguments}]}
+            order_id = request.input_data().get("order_id", "42")
+            return {
+                "tool_calls": [{"name": tool, "arguments": {**arguments, "order_id": order_id}}]
+            }
         said = answers[-1].content
         return {"acted": not said.startswith("Error"), "note": said}
 
@@ -290,3 +298,38 @@ def test_a_what_if_runs_the_swapped_steps_state_on_the_store_it_is_given() -> No
     assert whatif.output == Stock(sku="A1", left=1) and not whatif.identical
     current = store.get("stock:A1")
     assert current is not None and current.value["left"] == 2  # production untouched
+
+
+@tm.invariant("at most one of refund / replacement per order")
+def one_action(changes: tm.Changes) -> Any:
+    for key, records in changes.by_key("order:").items():
+        final = records[-1].value or {}
+        if final.get("refunded") and final.get("replaced"):
+            yield tm.Violation(key, "both refunded and replaced", records)
+
+
+def test_passing_ships_100_trials_on_sqlite(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two agents race on one order 100 times with random delays: with claims exactly one
+    acts every time; with claims off, reconcile flags every double action."""
+    from typedmesh.state.sqlite import SQLiteStateStore
+
+    store = SQLiteStateStore(tmp_path / "state.db")
+    flow = tm.sequential(ships_flow(), tm.reconcile(one_action, prefix="order:"), name="support")
+    doubles = flagged = 0
+    for claims in (True, False):
+        monkeypatch.setitem(CLAIMS, "on", claims)
+        for trial in range(100):
+            order = f"{int(claims)}-{trial}"
+            store.create(f"order:{order}", {"id": order, "total": 10.0})
+            report = tm.run(flow, {"order_id": order}, state=store).output
+            acted = [report.input["refund"]["acted"], report.input["replacement"]["acted"]]  # type: ignore[index]
+            value = store.get(f"order:{order}")
+            assert value is not None
+            both = bool(value.value.get("refunded")) and bool(value.value.get("replaced"))
+            if claims:
+                assert acted.count(True) == 1 and not both and report.ok, trial
+            else:
+                doubles += both
+                flagged += not report.ok
+                assert report.ok != both, trial  # flagged exactly when both acted
+    assert doubles == flagged and doubles > 0
