@@ -561,3 +561,31 @@ def test_the_report_is_json() -> None:
         "low": pytest.approx(rel.wilson(1, 1)[0]),
         "high": 1.0,
     }
+
+
+def test_a_failed_run_resumed_to_the_end() -> None:
+    """The scorer's provider is down once: the run fails there, is resumed, and finishes."""
+    journal = MemoryJournal()
+    answers: list[Any] = [tm.ModelError("provider down", status=500), {"value": 4}]
+    drafter = tm.Agent("drafter", input=Task, output=Draft, model=tm.SchemaModel())
+    scorer = tm.Agent("scorer", input=Draft, output=Score, model=tm.ScriptedModel(answers))
+    flow = tm.sequential(drafter, scorer, name="pipe")
+    with pytest.raises(tm.ModelError):
+        tm.run(flow, {"i": 1}, journal=journal, run_id="bumpy")
+    failed = rel.measure(journal)
+    assert [(r.status, r.boundary, r.failed_step) for r in failed.runs] == [
+        ("failed", "model", "pipe/scorer")
+    ]
+    tm.resume("bumpy", flow, journal=journal)
+
+    report = rel.measure(journal)
+    [run] = report.runs
+    assert (run.status, run.resumes, run.error_type) == ("finished", 1, None)
+    agents = {a.agent: a for a in report.agents}
+    s = agents["scorer@0.1.0"]
+    assert (s.attempts, s.completed, s.failed) == (2, 1, 1)
+    assert s.failures_by_boundary == {"model": 1} and s.incidents_by_boundary == {"model": 1}
+    assert agents["drafter@0.1.0"].attempts == 1  # restored on resume, not run again
+    [f] = report.flows
+    assert (f.finished, f.resumed, f.measured.value) == (1, 1, 1.0)
+    assert f.predicted == pytest.approx(0.5)  # the scorer's 1 in 2: what the resume bought
