@@ -52,6 +52,17 @@ class Canned:
     delay: float = 0.0
 
 
+@dataclass
+class StreamCanned(Canned):
+    """A canned 200 answer and how to stream it (see ``FakeProviderServer.queue_stream``)."""
+
+    piece: int = 4
+    gap: float = 0.0
+    hold: threading.Event | None = None
+    hold_after: int = 1
+    cut_after: int | None = None
+
+
 class FakeProviderServer:
     """Serve ``POST /v1/chat/completions`` and ``POST /v1/messages`` on 127.0.0.1."""
 
@@ -113,6 +124,32 @@ class FakeProviderServer:
         """Answer the next request with ``body`` (JSON) and ``status``, after ``delay`` s."""
         with self._lock:
             self._queue.append(Canned(status, body, dict(headers or {}), delay))
+
+    def queue_stream(
+        self,
+        body: Any,
+        *,
+        piece: int = 4,
+        gap: float = 0.0,
+        hold: threading.Event | None = None,
+        hold_after: int = 1,
+        cut_after: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer the next request with ``body`` (a completion or message), streamed.
+
+        A request with ``stream: true`` gets ``body`` as server-sent events: its
+        text and tool arguments in pieces of ``piece`` characters, ``gap``
+        seconds apart. ``hold`` pauses the stream after ``hold_after`` deltas
+        until the test sets it; ``cut_after`` drops the connection after that
+        many deltas. (Any canned 200 answer is streamed to a streaming request;
+        this only sets how.)
+        """
+        canned = StreamCanned(
+            200, body, dict(headers or {}), 0.0, piece, gap, hold, hold_after, cut_after
+        )
+        with self._lock:
+            self._queue.append(canned)
 
     def queue_error(
         self,
@@ -210,6 +247,9 @@ class FakeProviderServer:
                 canned = server._next(Recorded(self.path, headers, body, self.number))
                 if canned.delay:
                     time.sleep(canned.delay)
+                if canned.status == 200 and wants_stream(body):
+                    self._stream(canned, body)
+                    return
                 payload = json.dumps(canned.body).encode()
                 try:
                     self.send_response(canned.status)
@@ -220,6 +260,36 @@ class FakeProviderServer:
                     self.end_headers()
                     self.wfile.write(payload)
                 except OSError:  # the client gave up (a timeout) and closed the connection
+                    self.close_connection = True
+
+            def _stream(self, canned: Canned, body: dict[str, Any]) -> None:
+                """Answer a ``stream: true`` request as server-sent events (chunked)."""
+                options = canned if isinstance(canned, StreamCanned) else StreamCanned(200, None)
+                events = sse_events(self.path, canned.body, body, options.piece)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    for name, value in canned.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    deltas = 0
+                    for event in events:
+                        if options.cut_after is not None and deltas >= options.cut_after:
+                            self.close_connection = True  # the connection drops mid-stream
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        if options.hold is not None and deltas == options.hold_after:
+                            options.hold.wait(timeout=10)  # until the test has seen a delta
+                        self.wfile.write(_chunk(event))
+                        self.wfile.flush()
+                        if event.is_delta:
+                            deltas += 1
+                            if options.gap:
+                                time.sleep(options.gap)
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except OSError:  # the client went away mid-stream
                     self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -585,6 +655,153 @@ def anthropic_message(
 
 def anthropic_error(message: str, *, type: str = "invalid_request_error") -> dict[str, Any]:
     return {"type": "error", "error": {"type": type, "message": message}}
+
+
+# -- streaming: server-sent events ----------------------------------------------
+
+
+@dataclass
+class SSE:
+    """One server-sent event; ``is_delta`` when it carries a piece of text or arguments."""
+
+    data: str
+    event: str | None = None
+    is_delta: bool = False
+
+    def encode(self) -> bytes:
+        head = f"event: {self.event}\n" if self.event else ""
+        return f"{head}data: {self.data}\n\n".encode()
+
+
+def wants_stream(body: Any) -> bool:
+    """Whether a request asked for a streamed answer (``"stream": true``)."""
+    return isinstance(body, dict) and body.get("stream") is True
+
+
+def _chunk(event: SSE) -> bytes:
+    data = event.encode()
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    size = max(1, size)
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def sse_events(path: str, answer: Any, request: dict[str, Any], piece: int = 4) -> list[SSE]:
+    """``answer`` (a canned completion or message) as the provider would stream it."""
+    if path == OPENAI_PATH:
+        return openai_chunks(answer, request, piece)
+    return anthropic_events(answer, piece)
+
+
+def openai_chunks(completion: dict[str, Any], request: dict[str, Any], piece: int) -> list[SSE]:
+    """A chat.completion as chat.completion.chunk events, then ``[DONE]``.
+
+    Usage comes in a last chunk without choices, and only when the request
+    asked for it (``stream_options.include_usage``), as the API does.
+    """
+    base = {
+        "id": completion.get("id", "chatcmpl-fake"),
+        "object": "chat.completion.chunk",
+        "created": completion.get("created", 1_700_000_000),
+        "model": completion.get("model"),
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, *, is_delta: bool = False) -> SSE:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return SSE(json.dumps({**base, "choices": [choice]}), is_delta=is_delta)
+
+    out: list[SSE] = []
+    for choice in completion.get("choices") or []:
+        message = choice.get("message") or {}
+        content = message.get("content")
+        first: dict[str, Any] = {"role": "assistant", "content": "" if content else None}
+        out.append(chunk({**first, "refusal": None}))
+        out.extend(chunk({"content": p}, is_delta=True) for p in _pieces(content or "", piece))
+        if message.get("refusal"):
+            out.append(chunk({"refusal": message["refusal"]}))
+        for index, call in enumerate(message.get("tool_calls") or []):
+            function = call["function"]
+            head = {"index": index, "id": call["id"], "type": "function"}
+            out.append(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {**head, "function": {"name": function["name"], "arguments": ""}}
+                        ]
+                    }
+                )
+            )
+            out.extend(
+                chunk(
+                    {"tool_calls": [{"index": index, "function": {"arguments": p}}]}, is_delta=True
+                )
+                for p in _pieces(function.get("arguments") or "", piece)
+            )
+        out.append(chunk({}, choice.get("finish_reason") or "stop"))
+    usage = completion.get("usage")
+    if usage and (request.get("stream_options") or {}).get("include_usage"):
+        out.append(SSE(json.dumps({**base, "choices": [], "usage": usage})))
+    out.append(SSE("[DONE]"))
+    return out
+
+
+def anthropic_events(message: dict[str, Any], piece: int) -> list[SSE]:
+    """A Messages API message as its stream: message_start, blocks, message_delta, stop."""
+
+    def event(type: str, *, is_delta: bool = False, **fields: Any) -> SSE:
+        return SSE(json.dumps({"type": type, **fields}), event=type, is_delta=is_delta)
+
+    usage = message.get("usage") or {}
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1},
+    }
+    out = [event("message_start", message=start)]
+    for index, block in enumerate(message.get("content") or []):
+        if block["type"] == "text":
+            out.append(
+                event(
+                    "content_block_start", index=index, content_block={"type": "text", "text": ""}
+                )
+            )
+            out.extend(
+                event(
+                    "content_block_delta",
+                    index=index,
+                    delta={"type": "text_delta", "text": p},
+                    is_delta=True,
+                )
+                for p in _pieces(block["text"], piece)
+            )
+        elif block["type"] == "tool_use":
+            opened = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+            out.append(event("content_block_start", index=index, content_block=opened))
+            out.extend(
+                event(
+                    "content_block_delta",
+                    index=index,
+                    delta={"type": "input_json_delta", "partial_json": p},
+                    is_delta=True,
+                )
+                for p in _pieces(json.dumps(block["input"]), piece)
+            )
+        out.append(event("content_block_stop", index=index))
+        if index == 0:
+            out.append(event("ping"))
+    out.append(
+        event(
+            "message_delta",
+            delta={"stop_reason": message.get("stop_reason"), "stop_sequence": None},
+            usage={"output_tokens": usage.get("output_tokens", 0)},
+        )
+    )
+    out.append(event("message_stop"))
+    return out
 
 
 # -- never leave the machine ---------------------------------------------------

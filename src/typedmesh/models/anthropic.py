@@ -17,18 +17,25 @@ status, the provider's error type (``overloaded_error``, ...) and any
 ``Retry-After`` as fields. The model keeps settings, not a client: each event
 loop gets its own client (see ``models/_sdk.py``), so it survives many
 ``tm.run`` calls and pickling.
+
+When someone listens for token deltas (``tm.stream``, ``typedmesh run
+--follow``; see ``models/streaming.py``) the call goes through the SDK's
+``messages.stream``: each ``text_delta`` is handed on as it arrives and the
+SDK's final message becomes the same ``ModelResponse`` a plain call returns.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigurationError, MissingExtraError, ModelError
 from . import check_network_allowed
 from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error, shared_ssl_context
 from .base import Message, ModelRequest, ModelResponse, ToolCall, Usage
+from .streaming import broken_stream, emit_delta, safe_listener, wants_deltas
 
 __all__ = ["AnthropicModel"]
 
@@ -100,6 +107,8 @@ class AnthropicModel(SDKModel):
     async def generate(self, request: ModelRequest) -> ModelResponse:
         import anthropic
 
+        if wants_deltas():  # someone is watching: stream, answer the same response
+            return await self.generate_stream(request)
         client = await self._client()
         check_network_allowed(str(client.base_url))
         params = self._params(request)
@@ -109,6 +118,34 @@ class AnthropicModel(SDKModel):
             raise map_sdk_error(
                 anthropic, exc, provider=self.provider, model=self.name, usage_of=_usage_of_body
             ) from exc
+        return self._response(message)
+
+    async def generate_stream(
+        self, request: ModelRequest, on_delta: Callable[[str], None] = emit_delta
+    ) -> ModelResponse:
+        """Stream the answer, handing each piece of text to ``on_delta`` as it arrives;
+        return the complete response, as ``generate`` would."""
+        import anthropic
+
+        client = await self._client()
+        check_network_allowed(str(client.base_url))
+        params = self._params(request)
+        listener = safe_listener(on_delta)
+        try:
+            async with client.messages.stream(**params, **self._request_options()) as stream:
+                async for event in stream:
+                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        listener(event.delta.text)
+                message = await stream.get_final_message()
+        except anthropic.AnthropicError as exc:
+            raise map_sdk_error(
+                anthropic, exc, provider=self.provider, model=self.name, usage_of=_usage_of_body
+            ) from exc
+        except Exception as exc:
+            broken = broken_stream(exc, provider=self.provider, model=self.name)
+            if broken is None:
+                raise
+            raise broken from exc
         return self._response(message)
 
     # -- request -----------------------------------------------------------

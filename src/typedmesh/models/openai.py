@@ -8,6 +8,12 @@ RetryPolicy owns retrying, and this module only sorts SDK errors into
 status, the provider's error type and any ``Retry-After`` as fields. The
 model keeps settings, not a client: each event loop gets its own client
 (see ``models/_sdk.py``), so it survives many ``tm.run`` calls and pickling.
+
+When someone listens for token deltas (``tm.stream``, ``typedmesh run
+--follow``; see ``models/streaming.py``) the call is made with ``stream=True``
+and ``stream_options.include_usage``; the chunks are put back together into
+the same ``ModelResponse`` a plain call returns, so the journal cannot tell
+the two apart. Servers that send no usage in a stream leave it at zero.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigurationError, MissingExtraError, ModelError
 from . import check_network_allowed
 from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error, shared_ssl_context
 from .base import Message, ModelRequest, ModelResponse, ToolCall, Usage
+from .streaming import broken_stream, emit_delta, safe_listener, wants_deltas
 
 __all__ = ["OpenAIModel"]
 
@@ -84,6 +93,8 @@ class OpenAIModel(SDKModel):
     async def generate(self, request: ModelRequest) -> ModelResponse:
         import openai
 
+        if wants_deltas():  # someone is watching: stream, answer the same response
+            return await self.generate_stream(request)
         client = await self._client()
         check_network_allowed(str(client.base_url))
         try:
@@ -95,6 +106,47 @@ class OpenAIModel(SDKModel):
                 openai, exc, provider=self.provider, model=self.name, usage_of=_usage_of_body
             ) from exc
         return self._response(completion)
+
+    async def generate_stream(
+        self, request: ModelRequest, on_delta: Callable[[str], None] = emit_delta
+    ) -> ModelResponse:
+        """Stream the answer, handing each piece of text to ``on_delta`` as it arrives;
+        return the complete response, as ``generate`` would."""
+        import openai
+
+        client = await self._client()
+        check_network_allowed(str(client.base_url))
+        listener = safe_listener(on_delta)
+        parts = _Chunks()
+        try:
+            stream = await client.chat.completions.create(
+                **self._params(request),
+                stream=True,
+                stream_options={"include_usage": True},
+                **self._request_options(),
+            )
+            async with stream:
+                async for chunk in stream:
+                    text = parts.add(chunk)
+                    if text:
+                        listener(text)
+        except openai.OpenAIError as exc:
+            raise map_sdk_error(
+                openai, exc, provider=self.provider, model=self.name, usage_of=_usage_of_body
+            ) from exc
+        except Exception as exc:
+            broken = broken_stream(exc, provider=self.provider, model=self.name)
+            if broken is None:
+                raise
+            raise broken from exc
+        return self._answer(
+            parts.chosen,
+            parts.content(),
+            "".join(parts.refusal) or None,
+            parts.tool_calls(),
+            _usage(parts.usage),
+            parts.model,
+        )
 
     # -- request -----------------------------------------------------------
 
@@ -138,20 +190,32 @@ class OpenAIModel(SDKModel):
     def _response(self, completion: Any) -> ModelResponse:
         usage = _usage(completion.usage)
         if not completion.choices:
-            raise self._unusable("the response has no choices", usage)
+            return self._answer(False, None, None, [], usage, completion.model)
         message = completion.choices[0].message
-        if getattr(message, "refusal", None) and not message.content:
-            raise self._unusable(f"refused: {message.refusal}", usage, error_type="refusal")
         calls = [
             _tool_call(call.id, call.function.name, call.function.arguments)
             for call in message.tool_calls or []
             if getattr(call, "function", None) is not None
         ]
+        refusal = getattr(message, "refusal", None)
+        return self._answer(True, message.content, refusal, calls, usage, completion.model)
+
+    def _answer(
+        self,
+        chosen: bool,
+        content: str | None,
+        refusal: str | None,
+        calls: list[ToolCall],
+        usage: Usage,
+        model: str | None,
+    ) -> ModelResponse:
+        """The response from its parts, whether they came in one body or in chunks."""
+        if not chosen:
+            raise self._unusable("the response has no choices", usage)
+        if refusal and not content:
+            raise self._unusable(f"refused: {refusal}", usage, error_type="refusal")
         return ModelResponse(
-            content=message.content,
-            tool_calls=calls,
-            usage=usage,
-            model=completion.model or self.name,
+            content=content, tool_calls=calls, usage=usage, model=model or self.name
         )
 
     def _unusable(self, what: str, usage: Usage, *, error_type: str | None = None) -> ModelError:
@@ -163,6 +227,68 @@ class OpenAIModel(SDKModel):
             provider=self.provider,
             usage=usage,
         )
+
+
+@dataclass(slots=True)
+class _Call:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Chunks:
+    """A streamed chat completion put back together, chunk by chunk (first choice only)."""
+
+    chosen: bool = False
+    texts: list[str] | None = None
+    refusal: list[str] = field(default_factory=list)
+    calls: dict[int, _Call] = field(default_factory=dict)
+    usage: Any = None
+    model: str | None = None
+
+    def add(self, chunk: Any) -> str:
+        """Take one chunk in; the text it adds to the answer."""
+        if chunk.model and not self.model:
+            self.model = chunk.model
+        if getattr(chunk, "usage", None) is not None:
+            self.usage = chunk.usage
+        added = ""
+        for choice in chunk.choices or []:
+            if choice.index != 0:
+                continue
+            self.chosen = True
+            delta = choice.delta
+            if delta is None:
+                continue
+            if delta.content is not None:
+                if self.texts is None:
+                    self.texts = []
+                self.texts.append(delta.content)
+                added += delta.content
+            if getattr(delta, "refusal", None):
+                self.refusal.append(delta.refusal)
+            for piece in delta.tool_calls or []:
+                call = self.calls.setdefault(piece.index, _Call())
+                if piece.id:
+                    call.id = piece.id
+                function = piece.function
+                if function is not None:
+                    if function.name and not call.name:
+                        call.name = function.name
+                    if function.arguments:
+                        call.arguments.append(function.arguments)
+        return added
+
+    def content(self) -> str | None:
+        return None if self.texts is None else "".join(self.texts)
+
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            _tool_call(call.id, call.name, "".join(call.arguments))
+            for _, call in sorted(self.calls.items())
+            if call.name
+        ]
 
 
 def _usage(usage: Any) -> Usage:
