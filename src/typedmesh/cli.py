@@ -894,6 +894,11 @@ from .cli_reliability import reliability_command  # noqa: E402 - it uses the hel
 
 app.command("reliability")(reliability_command)
 
+from .cli_approve import approvals_command, approve_command  # noqa: E402
+
+app.command("approve")(approve_command)
+app.command("approvals")(approvals_command)
+
 
 def main() -> None:
     """Entry point of the ``typedmesh`` console script."""
