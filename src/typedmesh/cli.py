@@ -44,6 +44,7 @@ from rich.console import Console
 from rich.json import JSON
 from rich.markup import escape
 
+from . import cli_batch as cb
 from . import cli_journal as cj
 from . import cli_state as cs
 from .contracts import Intent
@@ -75,6 +76,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(cs.state_app, name="state")
+app.command("batch")(cb.batch_command)
 console = Console()
 errors = Console(stderr=True)
 
