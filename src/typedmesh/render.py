@@ -499,7 +499,7 @@ def cost_footer(report: CostReport, places: int | None = None) -> Text:
     text.append("\nsums: ", style="bold")
     views = ("nodes", "agents", "models", "calls")
     if report.exact:
-        text.append(" = ".join(views) + f" = {format_usd(sums['total'], places)} = run total")
+        text.append(" = ".join(views) + f" = {_money(total, places)} = run total")
         text.append(" (exact)", style="green")
     else:
         text.append("  ".join(f"{view} {format_usd(sums[view], places)}" for view in views))
