@@ -6,7 +6,7 @@ compose Steps; every model and tool call passes through one run context.
 
 from __future__ import annotations
 
-from . import errors
+from . import errors, reliability
 from ._version import __version__ as __version__
 from .agent import Agent
 from .contracts import (
@@ -41,6 +41,7 @@ from .errors import (
     InvalidStateValue,
     JournalCorrupt,
     JournalError,
+    JournalUnavailable,
     LeaseHeld,
     LeaseLost,
     ModelError,
@@ -106,6 +107,7 @@ from .runtime import (
     waiting_effects,
 )
 from .state import MemoryStateStore, StateRecord, StateStore, Versioned, open_store
+from .state.sqlite import SQLiteStateStore
 from .step import FunctionStep, Gate, Step, step
 from .tools import Tool, tool
 
@@ -151,6 +153,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "Journal",
     "JournalCorrupt",
     "JournalError",
+    "JournalUnavailable",
     "LeaseHeld",
     "LeaseLost",
     "LoopResult",
@@ -180,6 +183,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "RunResult",
     "RunWaiting",
     "SQLiteJournal",
+    "SQLiteStateStore",
     "SchemaModel",
     "ScriptedModel",
     "StaleVersion",
@@ -218,6 +222,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "reconcile",
     "record_result",
     "register_kind",
+    "reliability",
     "replay",
     "resume",
     "run",

@@ -40,6 +40,7 @@ catching that one class is enough to separate framework failures from bugs::
         ├── VersionMismatch
         ├── RunNotFound
         ├── RunExists             a new run under a taken id (also a ConfigurationError)
+        ├── JournalUnavailable    a journal server (PostgreSQL) cannot be reached
         ├── LeaseHeld             another live owner is writing the run
         └── LeaseLost             this writer was fenced out: stop
 
@@ -65,6 +66,7 @@ __all__ = [
     "InvalidStateValue",
     "JournalCorrupt",
     "JournalError",
+    "JournalUnavailable",
     "LeaseHeld",
     "LeaseLost",
     "MissingExtraError",
@@ -450,6 +452,19 @@ class RunExists(JournalError, ConfigurationError):
 
     def __init__(self, message: str, *, run_id: str) -> None:
         self.run_id = run_id
+        super().__init__(message)
+
+
+class JournalUnavailable(JournalError):
+    """The journal's server cannot be reached: refused, down, or lost mid-run.
+
+    ``server`` is ``host:port`` (never a password); ``reason`` is the driver's
+    explanation in one line.
+    """
+
+    def __init__(self, message: str, *, server: str, reason: str) -> None:
+        self.server = server
+        self.reason = reason
         super().__init__(message)
 
 

@@ -45,6 +45,7 @@ from ..errors import (
     ConfigurationError,
     JournalCorrupt,
     JournalError,
+    JournalUnavailable,
     LeaseLost,
     MissingExtraError,
     RunNotFound,
@@ -115,19 +116,6 @@ _COLUMNS = (
     "prev_hash, hash, schema_version, refs"
 )
 _HEAD_COLUMNS = "run_id, head_seq, head_hash, head_sig, status, owner, token, expires_at, flow"
-
-
-class JournalUnavailable(JournalError):
-    """The journal's server cannot be reached: refused, down, or lost mid-run.
-
-    ``server`` is ``host:port`` (never a password); ``reason`` is the driver's
-    explanation in one line.
-    """
-
-    def __init__(self, message: str, *, server: str, reason: str) -> None:
-        self.server = server
-        self.reason = reason
-        super().__init__(message)
 
 
 class PostgresDriverMissing(MissingExtraError, ConfigurationError):
