@@ -6,7 +6,7 @@ compose Steps; every model and tool call passes through one run context.
 
 from __future__ import annotations
 
-from . import errors, reliability
+from . import errors
 from ._version import __version__ as __version__
 from .agent import Agent
 from .contracts import (
@@ -232,3 +232,14 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "verify_run",
     "waiting_effects",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``tm.reliability`` is imported on first use: it is not on a run's path."""
+    if name == "reliability":
+        import importlib
+
+        module = importlib.import_module(".reliability", __name__)
+        globals()["reliability"] = module
+        return module
+    raise AttributeError(f"module 'typedmesh' has no attribute {name!r}")
