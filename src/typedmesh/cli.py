@@ -45,6 +45,7 @@ from rich.json import JSON
 from rich.markup import escape
 
 from . import cli_batch as cb
+from . import cli_follow as cf
 from . import cli_journal as cj
 from . import cli_state as cs
 from .contracts import Intent
@@ -65,7 +66,6 @@ from .journal import DEFAULT_JOURNAL, Durability, Journal, describe_journal, ope
 from .models.base import Usage
 from .runtime.budget import Budget
 from .runtime.kinds import InDoubtPolicy
-from .runtime.run import arun
 from .runtime.trace import TraceNode
 from .step import Step
 from .validation import error_lines
@@ -495,6 +495,14 @@ def run_command(
     durability: DurabilityOpt = "normal",
     deadline: DeadlineOpt = None,
     state_url: cs.RunStoreOpt = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="show the run's events and model token deltas on stderr as they happen",
+        ),
+    ] = False,
 ) -> None:
     """Run a flow on an input; journal it; print its output, trace tree, usage and cost.
 
@@ -531,7 +539,7 @@ def run_command(
     )
     try:
         result = asyncio.run(
-            arun(
+            cf.runner(follow, as_json)(  # arun, or a tm.stream printing as it goes
                 flow,
                 data,
                 intent=run_intent,
