@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import typedmesh as tm
+from typedmesh.journal import describe_journal
 from typedmesh.journal.anchor import KEY_ENV
 
 FLOW = textwrap.dedent("""
@@ -105,8 +106,13 @@ def test_wait_list_approve_resume(workdir: Path, key: str | None) -> None:
     wait(workdir, "r1", key=key)
     listed = typedmesh(workdir, "approvals", key=key)
     assert listed.returncode == 0, listed.stderr
-    [row] = [line for line in listed.stdout.splitlines() if line.startswith("│") and CALL in line]
-    assert "r1" in row and "refund" in row and '"amount": 250.0' in row and "support@2.0.0" in row
+    assert listed.stdout.splitlines()[:4] == [
+        f"waiting for approval in {describe_journal(str(workdir / 'runs.db'))}: 1 call",
+        f"run r1  call {CALL}",
+        '  refund {"order_id": "A7", "amount": 250.0}',
+        listed.stdout.splitlines()[3],
+    ]
+    assert listed.stdout.splitlines()[3].startswith("  asked by support@2.0.0 at ")
     assert f"typedmesh approve r1 {CALL}" in listed.stdout
 
     done = typedmesh(workdir, "approve", "r1", CALL, "--by", "alice@acme", key=key)

@@ -17,50 +17,37 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from .journal import DEFAULT_JOURNAL, describe_journal
 from .runtime.approval import PendingApproval, approve, pending_approvals
 
-__all__ = ["approvals_command", "approvals_table", "approve_command"]
+__all__ = ["approvals_command", "approvals_text", "approve_command"]
 
 JournalOpt = Annotated[
     str,
     typer.Option("--journal", help="the journal: a SQLite file, or postgresql://USER@HOST:PORT/DB"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document")]
-ARGUMENTS_SHOWN = 120
-"""Characters of a call's arguments shown in the table (``--json`` has them all)."""
 
 
-def _arguments(pending: PendingApproval, limit: int | None = None) -> str:
-    text = json.dumps(pending.arguments, ensure_ascii=False, separators=(", ", ": "))
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return text
+def _arguments(pending: PendingApproval) -> str:
+    return json.dumps(pending.arguments, ensure_ascii=False, separators=(", ", ": "))
 
 
-def approvals_table(pending: list[PendingApproval], *, title: str, with_run: bool) -> Table:
-    """One row per tool call waiting for a decision: what it would do, and who asks."""
-    table = Table(title=title, title_justify="left")
-    if with_run:
-        table.add_column("run", overflow="fold")
-    table.add_column("call id", overflow="fold")
-    table.add_column("tool", style="bold")
-    table.add_column("arguments", overflow="fold")
-    table.add_column("agent")
-    table.add_column("requested (UTC)")
+def approvals_text(pending: list[PendingApproval]) -> Text:
+    """Each call waiting for a decision: run and call id, the tool with all its arguments
+    (what the approver approves), and which agent asked when. Readable at any width."""
+    text = Text()
     for item in pending:
-        row = [
-            Text(item.call_id),
-            Text(item.tool),
-            Text(_arguments(item, ARGUMENTS_SHOWN)),
-            Text(item.agent or item.step),
-            Text(item.requested_at[:19].replace("T", " ")),
-        ]
-        table.add_row(*([Text(item.run_id)] if with_run else []), *row)
-    return table
+        text.append("run ", style="dim").append(item.run_id, style="bold")
+        text.append("  call ", style="dim").append(item.call_id, style="bold")
+        text.append("\n  ").append(item.tool, style="bold cyan")
+        text.append(" " + _arguments(item))
+        asked = item.requested_at[:19].replace("T", " ")
+        text.append(f"\n  asked by {item.agent or item.step} at {asked} UTC\n", style="dim")
+    text.rstrip()
+    return text
 
 
 def approvals_command(
@@ -86,8 +73,10 @@ def approvals_command(
         else:
             console.print(escape(f"no run in {where} waits for an approval"))
         return
-    title = f"waiting for approval: run {run_id}" if run_id else f"waiting for approval in {where}"
-    console.print(approvals_table(pending, title=escape(title), with_run=run_id is None))
+    calls = f"{len(pending)} call{'s' if len(pending) > 1 else ''}"
+    place = f"run {run_id}" if run_id else where
+    console.print(escape(f"waiting for approval in {place}: {calls}"), style="bold")
+    console.print(approvals_text(pending), soft_wrap=True)
     first = pending[0]
     console.print(
         escape(
