@@ -98,7 +98,7 @@ def wait(cwd: Path, run_id: str, amount: str = "250", key: str | None = None) ->
     claim = json.dumps({"order_id": "A7", "amount": float(amount)})
     done = typedmesh(cwd, "run", "refund_flow.py:flow", "-i", claim, "--run-id", run_id, key=key)
     assert done.returncode == 4, done.stderr  # waiting: nothing failed
-    assert f"{CALL}/approval" in done.stderr and "waiting for approval: refund" in done.stderr
+    assert f"{CALL}:approval" in done.stderr and "waiting for approval: refund" in done.stderr
 
 
 @pytest.mark.parametrize("key", [None, "the-audit-key"], ids=["unsigned", "signed"])

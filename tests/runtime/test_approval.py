@@ -92,7 +92,7 @@ def test_an_approval_across_three_processes_runs_the_tool_once(
     key = KEY if signed else None
     first = process(tmp_path, "run", str(journal), "r1", "A7", "250", key=key)
     assert first.returncode == 4, first.stderr
-    assert first.stdout.split() == ["WAITING", f"{CALL}/approval"]
+    assert first.stdout.split() == ["WAITING", f"{CALL}:approval"]
     assert refunds(tmp_path) == []  # nothing ran: the process exited waiting
     with tm.SQLiteJournal(journal) as store:
         [info] = store.runs()
@@ -177,7 +177,7 @@ def test_a_predicate_asks_only_for_large_refunds(tmp_path: Path, desk: ModuleTyp
     # one answer asks for both: the small refund runs at once, the large one waits
     with pytest.raises(tm.RunWaiting) as waiting:
         tm.run(desk.flow, {"order_id": "M1", "amounts": [60, 100.01]}, journal=journal, run_id="m")
-    assert waiting.value.waiting == ["refunds/support/tool#1/approval"]
+    assert waiting.value.waiting == ["refunds/support/tool#1:approval"]
     assert refunds(tmp_path) == ["refund S1 40.00", "refund M1 60.00"]
     [pending] = pending_approvals("m", journal=journal)
     assert (pending.call_id, pending.tool, pending.arguments) == (
@@ -191,7 +191,7 @@ def test_a_predicate_asks_only_for_large_refunds(tmp_path: Path, desk: ModuleTyp
     with pytest.raises(tm.RunWaiting):
         tm.resume("m", desk.flow, journal=journal)
     assert len(pending_approvals("m", journal=journal)) == 1
-    decision = approve("m", "refunds/support/tool#1/approval", journal=journal)  # either id
+    decision = approve("m", "refunds/support/tool#1:approval", journal=journal)  # either id
     assert decision.by == getpass.getuser() and decision.reason is None
     result = tm.resume("m", desk.flow, journal=journal)
     assert result.output.notes == ["refunded $60.00 on M1", "refunded $100.01 on M1"]
@@ -207,6 +207,27 @@ def test_a_predicate_asks_only_for_large_refunds(tmp_path: Path, desk: ModuleTyp
         assert [(n["event"], n["call"], n["by"]) for n in notes] == [
             ("approval.approved", "refunds/support/tool#1", getpass.getuser())
         ]
+
+
+def test_a_replay_notices_a_gate_added_or_removed(tmp_path: Path, desk: ModuleType) -> None:
+    journal = tmp_path / "runs.db"
+    with pytest.raises(tm.RunWaiting):
+        tm.run(desk.flow, {"order_id": "G", "amounts": [500]}, journal=journal, run_id="gated")
+    approve("gated", CALL, by="alice", journal=journal)
+    tm.resume("gated", desk.flow, journal=journal)
+    tm.run(desk.flow, {"order_id": "G", "amounts": [50]}, journal=journal, run_id="free")
+    rule = desk.refund.requires_approval
+    try:
+        desk.refund.requires_approval = False  # the gate was removed from the flow
+        with pytest.raises(tm.NonDeterminismError, match="never made this approval call"):
+            tm.replay("gated", desk.flow, journal=journal)
+        desk.refund.requires_approval = True  # now every refund needs a person
+        with pytest.raises(tm.NonDeterminismError) as added:
+            tm.replay("free", desk.flow, journal=journal)
+        assert added.value.effect_key == f"{CALL}:approval"
+    finally:
+        desk.refund.requires_approval = rule
+    assert refunds(tmp_path) == ["refund G 500.00", "refund G 50.00"]
 
 
 def test_careless_decisions_record_nothing(tmp_path: Path, desk: ModuleType) -> None:
@@ -240,7 +261,7 @@ def test_a_decision_recorded_for_another_call_is_refused(tmp_path: Path, desk: M
     approve("a", CALL, by="alice", journal=journal)
     moved = next(e for e in events_of(journal, "a") if e.type == "approval.decided").payload
     decision = {k: moved[k] for k in ("approved", "by", "decided_at", "reason", "call_digest")}
-    tm.record_result("b", f"{CALL}/approval", decision, journal=journal, recorded_by="mallory")
+    tm.record_result("b", f"{CALL}:approval", decision, journal=journal, recorded_by="mallory")
     with pytest.raises(ApprovalMismatch, match="for another call"):
         tm.resume("b", desk.flow, journal=journal)
     assert refunds(tmp_path) == []

@@ -2,7 +2,7 @@
 
 A tool declared ``@tm.tool(requires_approval=True)`` (or with a predicate on
 its arguments) does not run when the model asks for it. The call first
-performs an *approval* effect, keyed under the call (``<call id>/approval``):
+performs an *approval* effect, keyed by the call (``<call id>:approval``):
 its live execution has no result, so the run suspends (``RunWaiting``, status
 ``waiting``) and no process needs to stay alive. ``approve`` (``typedmesh
 approve RUN CALL_ID``) appends the decision to the run's hash-chained journal
@@ -51,8 +51,10 @@ __all__ = [
     "request_approval",
 ]
 
-SUFFIX = "/approval"
-"""An approval's effect key is its tool call's key with this suffix."""
+SUFFIX = ":approval"
+"""An approval's effect key is its tool call's key with this suffix. Not ``/approval``:
+an effect under a call's key counts as made inside it, so a replay whose flow no
+longer asks for the approval would not be told."""
 
 _DECISION_FIELDS = ("approved", "by", "decided_at", "reason", "call_digest")
 

@@ -281,7 +281,7 @@ class TraceReducer:
         node = self.owner(event.path)
         key = event.key or ""
         payload = event.payload
-        call = key.removesuffix("/approval")
+        call = key.removesuffix(":approval")
         tool = self.approvals.get(key, "")
         if event.type == "approval.requested":
             self.approvals[key] = str(payload.get("tool") or "")
