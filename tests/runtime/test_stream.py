@@ -480,3 +480,21 @@ def test_stream_needs_a_running_loop_only_when_it_starts() -> None:
     types = asyncio.run(main())
     assert types[0] == "run.started" and types[-1] == "run.finished"
     assert re.fullmatch(r"[0-9a-f]{32}", stream(agent(Talker("")), {"text": "q"}).run_id)
+
+
+# -- docs/streaming.md ---------------------------------------------------------------
+
+
+def test_the_docs_example_prints_what_the_docs_say(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typedmesh.runtime.stream as streaming
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "streaming.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S)
+    shown = re.search(r"Its output.*?```text\n(.*?)```", doc, re.S)
+    assert code is not None and shown is not None
+    for name in ("stream", "RunStream", "StreamEvent", "RunEvent", "TokenDelta", "Lagged"):
+        monkeypatch.setattr(tm, name, getattr(streaming, name), raising=False)  # until exported
+    exec(compile(code.group(1), "docs/streaming.md", "exec"), {"__name__": "__main__"})
+    assert capsys.readouterr().out == shown.group(1)
