@@ -111,7 +111,7 @@ def test_malformed_lines_are_reported_with_their_line_and_skipped(tmp_path: Path
         (tmp_path / "in.jsonl").read_bytes() + b'{"text": "\xff\xfe"}\n'
     )
     report = batch(classifier(), inputs, batch_id="m", journal=tmp_path / "runs.db")
-    by_line = {i.line: i for i in report.items}
+    by_line = {i.line or 0: i for i in report.items}
     assert sorted(by_line) == [1, 2, 4, 5, 6, 7, 8]  # the blank line 3 is no item
     assert by_line[1].status == by_line[7].status == "ok"
     assert by_line[2].status == "malformed" and by_line[2].error_type == "InvalidJSON"

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -295,14 +296,14 @@ def test_a_batch_killed_midway_resumes_with_every_item_finished_once(
     assert replayed.identical and replayed.executed == 0
 
 
-def _load_flow(path: Path) -> tm.Step[object, object]:
+def _load_flow(path: Path) -> tm.Step[Any, Any]:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("orders_flow_for_replay", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    flow: tm.Step[object, object] = module.flow
+    flow: tm.Step[Any, Any] = module.flow
     return flow
 
 

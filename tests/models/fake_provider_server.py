@@ -434,7 +434,7 @@ class FakeBatches:
         with self._lock:
             self.calls.append((method, path))
         if len(handled) == 3:
-            return handled  # type: ignore[return-value]
+            return handled
         status, body = handled
         return status, json.dumps(body).encode(), "application/json"
 
@@ -448,11 +448,12 @@ class FakeBatches:
         content, purpose = b"", ""
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
-            payload = part.get_payload(decode=True) or b""
+            payload = part.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
             if name == "file":
-                content = payload
+                content = data
             elif name == "purpose":
-                purpose = payload.decode()
+                purpose = data.decode()
         file_id = self._new_id("file-")
         self.files[file_id] = content
         return 200, {
