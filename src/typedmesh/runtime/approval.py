@@ -39,11 +39,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APPROVAL",
+    "ApprovalDecision",
     "ApprovalDenied",
     "ApprovalError",
     "ApprovalKind",
     "ApprovalMismatch",
-    "Decision",
     "PendingApproval",
     "approve",
     "call_digest",
@@ -89,7 +89,7 @@ class ApprovalError(ConfigurationError):
 class ApprovalDenied(ToolError):
     """The approver denied the call: the tool did not run. An agent tells its model."""
 
-    def __init__(self, message: str, *, tool: str, decision: Decision) -> None:
+    def __init__(self, message: str, *, tool: str, decision: ApprovalDecision) -> None:
         self.decision = decision
         super().__init__(message, tool=tool)
 
@@ -99,7 +99,7 @@ class ApprovalMismatch(RunError):
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class ApprovalDecision:
     """A recorded approval decision, as the journal holds it."""
 
     call_id: str
@@ -110,7 +110,7 @@ class Decision:
     call_digest: str
 
     @classmethod
-    def from_recorded(cls, call_id: str, value: Any) -> Decision:
+    def from_recorded(cls, call_id: str, value: Any) -> ApprovalDecision:
         fields = value if isinstance(value, dict) else {}
         reason = fields.get("reason")
         return cls(
@@ -162,7 +162,7 @@ def call_id_of(key: str) -> str:
 
 async def request_approval(
     ctx: RunContext, run: RunState, tool: Tool, call_id: str, arguments: dict[str, Any]
-) -> Decision:
+) -> ApprovalDecision:
     """Wait for the decision on the call ``call_id`` (suspending the run until one is
     recorded); return it when approved, raise ``ApprovalDenied`` when denied."""
     if run.journal is None and run.effects.mode == "live":
@@ -177,7 +177,7 @@ async def request_approval(
         return PENDING  # nobody has decided yet: the run suspends here
 
     value = await run.effects.perform(ctx, APPROVAL, call_id + SUFFIX, request, ask)
-    decision = Decision.from_recorded(call_id, value)
+    decision = ApprovalDecision.from_recorded(call_id, value)
     if decision.call_digest != ref:
         raise ApprovalMismatch(
             f"the decision recorded for {call_id} is for another call "
@@ -258,7 +258,7 @@ def _refusal(run_id: str, call_id: str, store: Journal) -> ApprovalError:
     approvals = _approvals(events, store)
     rec = approvals.get(call_id + SUFFIX)
     if rec is not None and rec.status == "ok":
-        done = Decision.from_recorded(call_id, rec.value)
+        done = ApprovalDecision.from_recorded(call_id, rec.value)
         verb = "approved" if done.approved else "denied"
         return ApprovalError(
             f"run {run_id!r}: call {call_id} was already {verb} by {done.by} at "
@@ -288,7 +288,7 @@ def approve(
     by: str | None = None,
     reason: str | None = None,
     journal: str | Path | Journal,
-) -> Decision:
+) -> ApprovalDecision:
     """Record the decision on the tool call ``call_id`` of the waiting run ``run_id``.
 
     ``by`` (default: the OS user) is who decided; the decision also carries
@@ -314,7 +314,7 @@ def approve(
             f"run {run_id!r}: the request for {call_id} does not match its call "
             f"(digest {pending.call_digest or 'missing'}, expected {expected}); not decided"
         )
-    decision = Decision(
+    decision = ApprovalDecision(
         call_id=call_id,
         approved=approved,
         by=who,
