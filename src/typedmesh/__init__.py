@@ -106,6 +106,7 @@ from .runtime import (
     run,
     waiting_effects,
 )
+from .runtime.stream import Lagged, RunEvent, RunStream, StreamEvent, StreamSink, TokenDelta, stream
 from .state import MemoryStateStore, StateRecord, StateStore, Versioned, open_store
 from .state.sqlite import SQLiteStateStore
 from .step import FunctionStep, Gate, Step, step
@@ -154,6 +155,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "JournalCorrupt",
     "JournalError",
     "JournalUnavailable",
+    "Lagged",
     "LeaseHeld",
     "LeaseLost",
     "LoopResult",
@@ -178,9 +180,11 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "RetryPolicy",
     "RunContext",
     "RunError",
+    "RunEvent",
     "RunExists",
     "RunNotFound",
     "RunResult",
+    "RunStream",
     "RunWaiting",
     "SQLiteJournal",
     "SQLiteStateStore",
@@ -194,7 +198,10 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "StateUnavailable",
     "Step",
     "StepFailed",
+    "StreamEvent",
+    "StreamSink",
     "SynthesizedReport",
+    "TokenDelta",
     "Tool",
     "ToolCall",
     "ToolDenied",
@@ -228,6 +235,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "run",
     "sequential",
     "step",
+    "stream",
     "tool",
     "verify_run",
     "waiting_effects",
