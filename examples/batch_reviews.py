@@ -172,7 +172,7 @@ def print_report(report: BatchReport) -> None:
     print(f"cost: ${u.cost_usd:.6f}  (batch {report.batch_id}: run it again with --batch-id)")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] = ()) -> None:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--inputs", default=str(INPUTS), help="a JSONL file of reviews")
     parser.add_argument("--batch-id", default=None, help="the same id resumes the batch")
@@ -195,4 +195,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

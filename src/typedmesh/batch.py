@@ -16,9 +16,10 @@ was journaled is refused (give a changed input file a new batch id).
 **One budget.** ``budget`` is shared by all items: every model call reserves
 against it before it is sent, so concurrent items cannot together cross it; a
 call that would is not made and its item fails with ``BudgetExceeded``; once
-it is used up no new item starts (those are ``skipped``, and run when the
-batch is run again with a larger budget). It covers what the batch's runs
-spent before, so a re-run continues it. ``item_budget`` limits each run.
+it is used up (or has refused a call) no new item starts (those are
+``skipped``, and run when the batch is run again with a larger budget). It
+covers what the batch's runs spent before, so a re-run continues it.
+``item_budget`` limits each run.
 
 **Malformed inputs.** From a JSONL file (``read_inputs``), a line that is not
 JSON, not a JSON object, or does not fit the flow's input model is reported

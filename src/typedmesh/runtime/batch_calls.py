@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..errors import ModelError
+from ..errors import BudgetExceeded, ModelError
 from ..models import provider_batch as pb
 from ..models.base import Model, ModelRequest, ModelResponse, Usage
 from .budget import Budget, BudgetTracker, Reservation
@@ -229,12 +229,18 @@ class BatchMeter:
         self.budget = budget
         self.tracker = None if budget is None else BudgetTracker(budget, self.usage)
         self.on_spend = on_spend
+        self.refused: str | None = None
+        """The limit a call was refused by: no new item starts after that."""
 
     def reserve(self, model: str, request_chars: int, max_tokens: int | None) -> Reservation | None:
         """Hold an estimate of one call, or raise ``BudgetExceeded``."""
         if self.tracker is None:
             return None
-        return self.tracker.reserve(model, request_chars, max_tokens)
+        try:
+            return self.tracker.reserve(model, request_chars, max_tokens)
+        except BudgetExceeded as exc:
+            self.refused = exc.limit  # a call would cross it: so would a new item's
+            raise
 
     def release(self, held: Reservation | None) -> None:
         if held is not None and self.tracker is not None:
@@ -249,10 +255,12 @@ class BatchMeter:
             self.on_spend(usage)
 
     def used_up(self) -> str | None:
-        """The budget limit already reached (spent plus calls in flight), or None."""
+        """The budget limit reached (spent plus calls in flight), or that refused a call."""
         budget, tracker = self.budget, self.tracker
         if budget is None or tracker is None:
             return None
+        if self.refused is not None:
+            return self.refused
         spent = self.usage
         if (
             budget.max_model_calls is not None
