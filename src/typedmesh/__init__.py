@@ -106,6 +106,16 @@ from .runtime import (
     run,
     waiting_effects,
 )
+from .runtime.approval import (
+    ApprovalDecision,
+    ApprovalDenied,
+    ApprovalError,
+    ApprovalMismatch,
+    PendingApproval,
+    approve,
+    pending_approvals,
+)
+from .runtime.cost import CostReport, run_cost
 from .runtime.stream import Lagged, RunEvent, RunStream, StreamEvent, StreamSink, TokenDelta, stream
 from .state import MemoryStateStore, StateRecord, StateStore, Versioned, open_store
 from .state.sqlite import SQLiteStateStore
@@ -116,6 +126,10 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "Agent",
     "AgentIdentity",
     "AlreadyClaimed",
+    "ApprovalDecision",
+    "ApprovalDenied",
+    "ApprovalError",
+    "ApprovalMismatch",
     "AsyncioExecutor",
     "BranchFailure",
     "Budget",
@@ -130,6 +144,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "Conflict",
     "ConflictsDropped",
     "ContractError",
+    "CostReport",
     "DeadlineExceeded",
     "DegradedReport",
     "EffectKind",
@@ -170,6 +185,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "Orchestrated",
     "OutputValidationError",
     "PENDING",
+    "PendingApproval",
     "Plan",
     "PlanExecution",
     "PlanRejected",
@@ -216,6 +232,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "Versioned",
     "Violation",
     "WorkerResult",
+    "approve",
     "areplay",
     "aresume",
     "arun",
@@ -226,6 +243,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "open_store",
     "orchestrate",
     "parallel",
+    "pending_approvals",
     "reconcile",
     "record_result",
     "register_kind",
@@ -233,6 +251,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "replay",
     "resume",
     "run",
+    "run_cost",
     "sequential",
     "step",
     "stream",
