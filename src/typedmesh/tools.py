@@ -50,6 +50,7 @@ class Tool:
         idempotent: bool = True,
         retry_on: tuple[type[Exception], ...] = (),
         requires_approval: ApprovalRule = False,
+        timeout: float | None = None,
         localns: dict[str, Any] | None = None,
     ) -> None:
         self.fn = fn
@@ -67,6 +68,10 @@ class Tool:
                 f"on the arguments, got {requires_approval!r}"
             )
         self.requires_approval: ApprovalRule = requires_approval
+        if timeout is not None and not (0 < timeout < float("inf")):
+            raise ConfigurationError(f"tool {self.name!r}: timeout must be > 0 s, got {timeout}")
+        self.timeout = timeout
+        """Seconds a call may take; past it the model is told the tool timed out."""
         """Whether a call waits for a person's decision (``needs_approval``)."""
         self._is_async = inspect.iscoroutinefunction(fn)
         hints = typing.get_type_hints(fn, localns=localns)
@@ -154,6 +159,7 @@ def tool(
     idempotent: bool = True,
     retry_on: tuple[type[Exception], ...] = (),
     requires_approval: ApprovalRule = False,
+    timeout: float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -167,13 +173,15 @@ def tool(
     idempotent: bool = True,
     retry_on: tuple[type[Exception], ...] = (),
     requires_approval: ApprovalRule = False,
+    timeout: float | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed function into a Tool; bare or with options.
 
     A ``ToolError`` the tool raises on purpose, or an exception in ``retry_on``,
     is told to the model; any other exception is a bug and fails the step.
     ``requires_approval`` (True, or a predicate on the arguments dict) makes a
-    call wait for a recorded human decision before the tool runs.
+    call wait for a recorded human decision before the tool runs. ``timeout``
+    (seconds) bounds a call: past it the call is cancelled and the model told.
     """
     localns = dict(sys._getframe(1).f_locals)  # models defined in a function body
     if fn is not None:
@@ -185,6 +193,7 @@ def tool(
             idempotent=idempotent,
             retry_on=retry_on,
             requires_approval=requires_approval,
+            timeout=timeout,
             localns=localns,
         )
 
@@ -197,6 +206,7 @@ def tool(
             idempotent=idempotent,
             retry_on=retry_on,
             requires_approval=requires_approval,
+            timeout=timeout,
             localns={**localns, **sys._getframe(1).f_locals},
         )
 

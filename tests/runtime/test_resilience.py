@@ -193,3 +193,31 @@ def test_a_slow_model_times_out_per_request_and_falls_back() -> None:
 def test_bad_resilience_arguments_are_typed_errors(build: Any, match: str) -> None:
     with pytest.raises(tm.ConfigurationError, match=match):
         build()
+
+
+def test_a_tool_call_past_its_timeout_is_cancelled_and_told_to_the_model() -> None:
+    ran: list[str] = []
+
+    @tm.tool(timeout=0.05)
+    async def lookup(order_id: str) -> str:
+        """Look an order up (slowly)."""
+        await asyncio.sleep(5)
+        ran.append(order_id)
+        return "found"
+
+    def respond(request: ModelRequest) -> Any:
+        told = [m.content for m in request.messages if m.role == "tool"]
+        if not told:
+            return {"tool_calls": [{"name": "lookup", "arguments": {"order_id": "7"}}]}
+        return {"answer": told[-1]}
+
+    journal = tm.MemoryJournal()
+    flow = tm.Agent("a", input=Q, output=A, model=tm.ScriptedModel(respond), tools=[lookup])
+    started = time.monotonic()
+    result = tm.run(flow, {"q": "?"}, journal=journal, run_id="r")
+    assert time.monotonic() - started < 2 and ran == []
+    assert "timed out after 0.05 s" in result.output.answer
+    assert any(e.type == "tool.error" for e in journal.read("r"))
+    assert tm.replay("r", flow, journal=journal).identical
+    with pytest.raises(tm.ConfigurationError, match="timeout must be > 0"):
+        tm.tool(timeout=0)(lambda x: x)

@@ -11,6 +11,7 @@ to the model; any other exception is a bug and fails the step.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +76,17 @@ async def call_tool(ctx: RunContext, run: RunState, tool: Tool, arguments: dict[
 
     async def execute() -> Any:
         try:
-            return tool.to_jsonable(await tool.execute(parsed, tool_ctx))
+            if tool.timeout is None:
+                return tool.to_jsonable(await tool.execute(parsed, tool_ctx))
+            async with asyncio.timeout(tool.timeout):
+                return tool.to_jsonable(await tool.execute(parsed, tool_ctx))
+        except TimeoutError as exc:
+            if tool.timeout is None:
+                raise StepFailed.wrap(exc, step_path=ctx.path) from exc
+            raise ToolError(
+                f"tool {tool.name!r} timed out after {tool.timeout:g} s (it was cancelled)",
+                tool=tool.name,
+            ) from exc
         except (AlreadyClaimed, StaleVersion) as exc:
             # a lost claim or race is the model's to hear about (and report), like a
             # denial; the conflict itself is journaled by the state effect that lost
