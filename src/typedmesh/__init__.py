@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import errors
 from ._version import __version__ as __version__
 from .agent import Agent
+from .batch import BatchInput, BatchItem, BatchProgress, BatchReport, abatch, batch
 from .contracts import (
     AgentIdentity,
     BranchFailure,
@@ -115,6 +116,7 @@ from .runtime.approval import (
     approve,
     pending_approvals,
 )
+from .runtime.batch_calls import provider_batch
 from .runtime.cost import CostReport, run_cost
 from .runtime.stream import Lagged, RunEvent, RunStream, StreamEvent, StreamSink, TokenDelta, stream
 from .state import MemoryStateStore, StateRecord, StateStore, Versioned, open_store
@@ -131,6 +133,10 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "ApprovalError",
     "ApprovalMismatch",
     "AsyncioExecutor",
+    "BatchInput",
+    "BatchItem",
+    "BatchProgress",
+    "BatchReport",
     "BranchFailure",
     "Budget",
     "BudgetExceeded",
@@ -232,10 +238,12 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "Versioned",
     "Violation",
     "WorkerResult",
+    "abatch",
     "approve",
     "areplay",
     "aresume",
     "arun",
+    "batch",
     "detect_conflicts",
     "errors",
     "invariant",
@@ -244,6 +252,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "orchestrate",
     "parallel",
     "pending_approvals",
+    "provider_batch",
     "reconcile",
     "record_result",
     "register_kind",
