@@ -18,7 +18,14 @@ from typedmesh.models.base import Message, ModelRequest, ModelResponse
 from typedmesh.models.offline import SloppyModel
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-NAMES = ["bull_bear", "support_pipeline", "code_review_loop", "research_plan", "passing_ships"]
+NAMES = [
+    "bull_bear",
+    "support_pipeline",
+    "code_review_loop",
+    "research_plan",
+    "passing_ships",
+    "batch_reviews",
+]
 
 Loader = Callable[[str], ModuleType]
 
