@@ -14,19 +14,25 @@ from .reconcile import (
     invariant,
     reconcile,
 )
+from .route import InputSource, Route, Routed, Router, UnknownRoute, route
 from .sequential import Sequential, sequential
 
 __all__ = [
     "Changes",
     "Compare",
+    "InputSource",
     "Invariant",
     "Loop",
     "Orchestrate",
     "Parallel",
     "Reconcile",
     "ReconcileReport",
+    "Route",
+    "Routed",
+    "Router",
     "Sequential",
     "StateChange",
+    "UnknownRoute",
     "Violation",
     "detect_conflicts",
     "invariant",
@@ -34,5 +40,6 @@ __all__ = [
     "orchestrate",
     "parallel",
     "reconcile",
+    "route",
     "sequential",
 ]
