@@ -4,14 +4,21 @@ the routed step under its own identity and scopes, typed outputs, exact replay."
 from __future__ import annotations
 
 import enum
+import importlib.util
 import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel
 
 import typedmesh as tm
-from typedmesh.models.base import ModelRequest, ModelResponse
+from typedmesh.models.base import Message, ModelRequest, ModelResponse
+from typedmesh.models.offline import SloppyModel
 from typedmesh.patterns import Route, Routed, Router, UnknownRoute, route
 
 # -- contracts --------------------------------------------------------------------------
@@ -582,3 +589,127 @@ def test_description_and_children() -> None:
     assert shared.children() == (classifier, resolver)
     assert "Router" in repr(flow)
     assert json.loads(json.dumps(flow.briefing()))  # plain text
+
+
+# -- the example ------------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "triage_route.py"
+
+
+@pytest.fixture
+def example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """examples/triage_route.py, imported fresh (offline: TYPEDMESH_MODEL unset)."""
+    monkeypatch.delenv("TYPEDMESH_MODEL", raising=False)
+    return load_example()
+
+
+def load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("typedmesh_example_triage_route", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its models' annotations resolve in its namespace
+    spec.loader.exec_module(module)
+    return module
+
+
+class NoProse:
+    """Hands the wrapped model each request with the system prompt blanked."""
+
+    def __init__(self, inner: tm.Model) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.provider = inner.provider
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        messages = [
+            Message(role="system", content="") if m.role == "system" else m
+            for m in request.messages
+        ]
+        return await self.inner.generate(request.model_copy(update={"messages": messages}))
+
+
+def rewire(module: ModuleType, wrap: Callable[[tm.Model], tm.Model]) -> None:
+    for step in module.flow.walk():
+        if isinstance(step, tm.Agent):
+            step._model = wrap(step.model)
+
+
+def test_the_example_refunds_through_the_refund_agent_only(example: ModuleType) -> None:
+    journal = tm.MemoryJournal()
+    result = tm.run(example.flow, example.example_input, journal=journal)
+    assert result.output.route == "refund"
+    assert result.output.output.refund_id == "RF-0001"
+    assert [n.path for n in result.trace.walk()] == [
+        "triage_desk",
+        "triage_desk/triage",
+        "triage_desk/refunds",
+    ]
+    refunds = result.trace.find("triage_desk/refunds")
+    assert refunds is not None and refunds.identity is not None
+    assert refunds.identity.version == "2.0.0" and refunds.usage.tool_calls == 2
+    [refund] = [e for e in journal.read(result.run_id) if e.type == "tool.started"][1:]
+    assert refund.payload["tool"] == "issue_refund" and refund.agent is not None
+    assert refund.agent["name"] == "refunds"
+    # the refund agent saw the ids and the reason, never the ticket's text
+    case = example.refunds.model.calls[0].input_data()
+    assert case == {
+        "customer_id": "C-311",
+        "order_id": "ORD-1042",
+        "reason": "asks for a refund ('money back') on an order",
+    }
+    other = tm.run(example.flow, example.other_input)
+    assert other.output.route == "faq" and other.output.output.article == "help/shipping"
+    assert len(example.REFUNDS) == 1
+
+
+def test_the_example_replays_from_its_journal_alone(example: ModuleType) -> None:
+    journal = tm.MemoryJournal()
+    result = tm.run(example.flow, example.example_input, journal=journal)
+    rewire(example, lambda m: Exploding())
+    replayed = tm.replay(result.run_id, example.flow, journal=journal)
+    assert replayed.identical and replayed.executed == 0
+
+
+@pytest.mark.parametrize("wrap", ["sloppy", "no prose"])
+def test_the_example_runs_the_same_on_a_sloppy_model_and_without_prose(wrap: str) -> None:
+    clean = tm.run((m := load_example()).flow, m.example_input, run_id="r")
+    clean_other = tm.run(m.flow, m.other_input, run_id="r2")
+    changed = load_example()
+    if wrap == "sloppy":
+        rewire(changed, lambda model: SloppyModel(model, seed=7))
+    else:
+        rewire(changed, NoProse)
+    again = tm.run(changed.flow, changed.example_input, run_id="r")
+    again_other = tm.run(changed.flow, changed.other_input, run_id="r2")
+    assert again.output.model_dump() == clean.output.model_dump()
+    assert again_other.output.model_dump() == clean_other.output.model_dump()
+    assert again.usage.model_calls == clean.usage.model_calls
+    bad = [
+        e
+        for n in again.trace.walk()
+        for e in n.events
+        if e["event"] in ("output.invalid", "output.gate_failed")
+    ]
+    assert bad == []
+
+
+def test_the_example_main_prints_the_routes_and_cost(
+    example: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example.main()
+    out = capsys.readouterr().out
+    assert "routed to 'refund': refunds@2.0.0" in out
+    assert "routed to 'faq': faq@0.9.0" in out
+    cost = re.search(r"^cost: \$(\d+\.\d{6})", out, re.M)
+    assert cost is not None and float(cost.group(1)) > 0
+    assert re.search(r"^usage: \d+ model calls", out, re.M)
+
+
+def test_typedmesh_model_switches_every_agent_of_the_example(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TYPEDMESH_MODEL", "openai:gpt-4o-mini")
+    module = load_example()
+    agents = [s for s in module.flow.walk() if isinstance(s, tm.Agent)]
+    assert [a.name for a in agents] == ["triage", "refunds", "faq"]
+    assert all(a.model_spec == "openai:gpt-4o-mini" for a in agents)
