@@ -735,3 +735,17 @@ def test_the_docs_examples_print_what_the_docs_say(
     for code, shown in blocks:  # the second block continues the first
         exec(compile(code, "docs/routing.md", "exec"), namespace)
         assert capsys.readouterr().out == shown
+
+
+def test_a_resume_whose_recorded_decision_names_no_route_is_unknown_route(tmp_path: Path) -> None:
+    def down(request: ModelRequest) -> Any:
+        return tm.ModelError("provider down")
+
+    flow, classifier, resolver, faq = build(triage_model("faq"))
+    faq._model = tm.ScriptedModel(down)
+    db = tmp_path / "runs.db"
+    with pytest.raises(tm.ModelError) as caught:
+        tm.run(flow, TICKET, journal=db)
+    changed = route(classifier, {"refund": resolver}, key="category", input="both")
+    with pytest.raises(UnknownRoute, match="recorded decision names no route"):
+        tm.resume(caught.value.run_id or "", changed, journal=db)

@@ -293,12 +293,19 @@ class Router(Step[Any, Any]):
             error=UnknownRoute,
             max_attempts=self.max_attempts,
         )
-        decision: BaseModel = await ctx.run(self.classifier, input, gate=gate)
+        name = self.classifier.name
+        decision: BaseModel = await ctx.run(self.classifier, input, gate=gate, label=name)
         label = self.key_of(decision)
-        assert label is not None, "the gate admits only a decision that names a route"
+        if label is None:  # restored on resume from a run whose routes were different
+            raise UnknownRoute(
+                f"route: {name!r}'s recorded decision names no route of this flow",
+                step=name,
+                problems=self.check(decision),
+                output=decision,
+            )
         target = self.routes[label]
         # counted from the classifier's journaled gate failures (resumed runs included)
-        node = ctx.node.find(f"{ctx.path}/{self.classifier.name}")
+        node = ctx.node.find(f"{ctx.path}/{name}")
         attempts = 1 + sum(
             e["event"] == "output.gate_failed" for e in (node.events if node else [])
         )
@@ -313,7 +320,8 @@ class Router(Step[Any, Any]):
                 "attempts": attempts,
             },
         )
-        routed: BaseModel = await ctx.run(target, self._inputs[label](input, decision))
+        routed_input = self._inputs[label](input, decision)
+        routed: BaseModel = await ctx.run(target, routed_input, label=target.name)
         if self.common is not None:
             return self._outputs[label](routed)
         wrapped: BaseModel = self.output_type.model_validate({"route": label, "output": routed})
