@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
-from typing import TypeVar, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -26,10 +26,11 @@ from .errors import (
     ToolLoopExceeded,
 )
 from .models import resolve_model
-from .models.base import Message, Model, ModelRequest, ToolCall
+from .models.base import Message, Model, ModelRequest, ModelSettings, ToolCall
 from .models.resilience import Cascade, CircuitBreaker, Fallback
 from .provenance import carries_provenance, model_facing_schema, stamp
 from .runtime.context import RunContext
+from .runtime.overrides import overridden_model
 from .runtime.retry import RetryPolicy
 from .step import Gate, Step
 from .tools import Tool
@@ -52,7 +53,11 @@ class Agent(Step[In, Out]):
     A list of models (or ``tm.Fallback(...)``) is tried in order on model errors;
     ``tm.Cascade(cheap, better)`` escalates only after an invalid or gated answer;
     ``breaker`` fails fast while the model's circuit is open; ``model_timeout``
-    bounds each model request (seconds).
+    bounds each model request (seconds). ``model_settings`` (a ``ModelSettings``
+    or a dict: top_p, seed, stop, reasoning_effort, provider extras) go into
+    every request, under a run's own ``model_settings=``; ``deps`` declares
+    the type of the run's ``ctx.deps`` its tools need (checked before a run).
+    A ``tm.override(models=...)`` block swaps its model by name.
     """
 
     kind = "agent"
@@ -77,6 +82,8 @@ class Agent(Step[In, Out]):
         max_tokens: int | None = None,
         breaker: CircuitBreaker | None = None,
         model_timeout: float | None = None,
+        model_settings: ModelSettings | Mapping[str, Any] | None = None,
+        deps: type[Any] | None = None,
     ) -> None:
         if output_retries < 0 or max_tool_rounds < 1 or max_tool_calls < 1:
             raise ConfigurationError(
@@ -98,6 +105,18 @@ class Agent(Step[In, Out]):
         self.max_tool_calls = max_tool_calls
         self.temperature = temperature
         self.max_tokens = max_tokens
+        try:
+            own = ModelSettings.coerce(model_settings)
+        except ValidationError as exc:
+            raise ConfigurationError(
+                f"agent {name!r}: model_settings: " + "; ".join(error_lines(exc))
+            ) from exc
+        self.model_settings = ModelSettings(temperature=temperature, max_tokens=max_tokens).merge(
+            own
+        )
+        if deps is not None and not isinstance(deps, type):
+            raise ConfigurationError(f"agent {name!r}: deps must be a class, got {deps!r}")
+        self.deps_type = deps
         if model_timeout is not None and not model_timeout > 0:
             raise ConfigurationError(f"agent {name!r}: model_timeout must be > 0 s")
         spec: str | Model
@@ -121,7 +140,11 @@ class Agent(Step[In, Out]):
 
     @property
     def model(self) -> Model:
-        """The resolved model (a string spec is resolved once, on first use)."""
+        """The resolved model (a string spec is resolved once, on first use), or the
+        one an enclosing ``tm.override(models=...)`` block gives this agent."""
+        swapped = overridden_model(self.name)
+        if swapped is not None:
+            return swapped
         if self._model is None:
             self._model = resolve_model(self.model_spec)
         return self._model
@@ -164,10 +187,15 @@ class Agent(Step[In, Out]):
         view = output_view(gate)
         output_schema = view.schema(self.output_schema) if view else self.output_schema
         input_json = input.model_dump_json()
+        history = ctx.history if "/" not in ctx.path else None  # a session's root agent
+        if history is not None and history.summary:
+            notes = [*notes, history.note() or ""]
         messages = [
             Message(role="system", content=self.system_prompt(ctx.intent, notes)),
+            *(history.messages() if history is not None else ()),
             Message(role="user", content=input_json),
         ]
+        settings = self.model_settings.merge(ctx.model_settings)
         raw_outputs: list[str] = []
         errors: list[list[str]] = []
         gate_failures = 0
@@ -181,8 +209,9 @@ class Agent(Step[In, Out]):
                 output_schema=output_schema,
                 output_name=self.output_type.__name__,
                 tools=self._tool_schemas,
-                temperature=self.temperature,
-                max_tokens=self.max_tokens,
+                temperature=settings.temperature,
+                max_tokens=settings.max_tokens,
+                settings=settings.without_limits(),
             )
             response = await ctx.call_model(
                 model,

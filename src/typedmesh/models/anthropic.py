@@ -34,7 +34,7 @@ from typing import Any
 from ..errors import ConfigurationError, MissingExtraError, ModelError
 from . import check_network_allowed
 from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error, shared_ssl_context
-from .base import Message, ModelRequest, ModelResponse, ToolCall, Usage
+from .base import Message, ModelRequest, ModelResponse, ModelSettings, ToolCall, Usage
 from .streaming import broken_stream, emit_delta, safe_listener, wants_deltas
 
 __all__ = ["AnthropicModel"]
@@ -183,6 +183,8 @@ class AnthropicModel(SDKModel):
             # anthropic>=1.0 dropped the keyword (newer models reject sampling
             # parameters); the API still takes it on models that support it.
             params["extra_body"] = {"temperature": request.temperature}
+        if request.settings is not None:
+            _apply_settings(params, request.settings)
         return params
 
     # -- response ----------------------------------------------------------
@@ -211,6 +213,28 @@ class AnthropicModel(SDKModel):
             usage=usage,
             model=message.model or self.name,
         )
+
+
+def _apply_settings(params: dict[str, Any], settings: ModelSettings) -> None:
+    """Provider settings into the request. ``top_p``/``top_k`` go in the body, as
+    ``temperature`` does (the SDK dropped the keywords); ``stop`` is
+    ``stop_sequences``; ``reasoning_effort`` is ``output_config.effort``; the
+    extras go in the body as they are. Anthropic has no ``seed``: it is skipped."""
+    body: dict[str, Any] = params.get("extra_body", {})
+    if settings.top_p is not None:
+        body["top_p"] = settings.top_p
+    if settings.top_k is not None:
+        body["top_k"] = settings.top_k
+    if settings.stop is not None:
+        params["stop_sequences"] = list(settings.stop)
+    if settings.reasoning_effort is not None:
+        params["output_config"] = {
+            **params.get("output_config", {}),
+            "effort": settings.reasoning_effort,
+        }
+    body.update(settings.extra)
+    if body:
+        params["extra_body"] = body
 
 
 def _usage(usage: Any) -> Usage:

@@ -8,6 +8,7 @@ never sees a provider type, which is what lets a journal replay any of them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,7 @@ __all__ = [
     "Model",
     "ModelRequest",
     "ModelResponse",
+    "ModelSettings",
     "ToolCall",
     "ToolSchema",
     "Usage",
@@ -56,12 +58,78 @@ class ToolSchema(BaseModel):
     parameters: dict[str, Any]
 
 
+def _unset(value: Any) -> bool:
+    return value is None
+
+
+def _empty(value: Any) -> bool:
+    return not value
+
+
+class ModelSettings(BaseModel):
+    """Provider settings of a model call: sampling, limits, reasoning, extras.
+
+    Every field is optional; an unset field leaves the provider's default and
+    is left out of the request's identity (its JSON). ``extra`` holds
+    provider-specific body fields (``{"logit_bias": {...}}``,
+    ``{"thinking": {...}}``), sent as they are. A provider skips a setting it
+    has no such thing for (Anthropic has no ``seed``, OpenAI no ``top_k``).
+    ``merge`` lays one set over another: its set fields win, ``extra`` is merged.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float | None = Field(default=None, exclude_if=_unset)
+    max_tokens: int | None = Field(default=None, exclude_if=_unset)
+    top_p: float | None = Field(default=None, exclude_if=_unset)
+    top_k: int | None = Field(default=None, exclude_if=_unset)
+    seed: int | None = Field(default=None, exclude_if=_unset)
+    stop: tuple[str, ...] | None = Field(default=None, exclude_if=_unset)
+    reasoning_effort: str | None = Field(default=None, exclude_if=_unset)
+    """OpenAI ``reasoning_effort``; Anthropic ``output_config.effort``."""
+    extra: dict[str, Any] = Field(default_factory=dict, exclude_if=_empty)
+
+    @classmethod
+    def coerce(cls, value: ModelSettings | Mapping[str, Any] | None) -> ModelSettings:
+        """A ``ModelSettings`` from one, a dict of its fields, or None (no settings)."""
+        if value is None:
+            return EMPTY_SETTINGS
+        if isinstance(value, ModelSettings):
+            return value
+        return cls.model_validate(dict(value))
+
+    def merge(self, over: ModelSettings | Mapping[str, Any] | None) -> ModelSettings:
+        """These settings with ``over``'s set fields laid on top (``extra`` merged)."""
+        top = ModelSettings.coerce(over)
+        if top.is_empty():
+            return self
+        if self.is_empty():
+            return top
+        fields = {**self.model_dump(exclude={"extra"}), **top.model_dump(exclude={"extra"})}
+        return ModelSettings(**fields, extra={**self.extra, **top.extra})
+
+    def is_empty(self) -> bool:
+        return not self.model_dump()
+
+    def without_limits(self) -> ModelSettings | None:
+        """The settings a ``ModelRequest`` carries in ``settings``: all but
+        ``temperature`` and ``max_tokens`` (the request's own fields); None if none."""
+        rest = self.model_dump(exclude={"temperature", "max_tokens"})
+        return ModelSettings(**rest) if rest else None
+
+
+EMPTY_SETTINGS = ModelSettings()
+
+
 class ModelRequest(BaseModel):
     """Everything a model needs for one call.
 
     ``output_schema`` is the JSON schema of the structured output (None for
     free text) and ``output_name`` its title, used by providers whose
-    structured-output mode needs a name.
+    structured-output mode needs a name. ``settings`` are the provider
+    settings beyond ``temperature`` and ``max_tokens``; unset, they are not
+    in the request's JSON, so requests made before they existed keep their
+    identity (and their journals replay).
     """
 
     messages: list[Message]
@@ -70,6 +138,7 @@ class ModelRequest(BaseModel):
     tools: list[ToolSchema] = Field(default_factory=list)
     temperature: float | None = None
     max_tokens: int | None = None
+    settings: ModelSettings | None = Field(default=None, exclude_if=_unset)
 
     @property
     def system(self) -> str:

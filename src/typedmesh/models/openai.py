@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import ConfigurationError, MissingExtraError, ModelError
 from . import check_network_allowed
 from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error, shared_ssl_context
-from .base import Message, ModelRequest, ModelResponse, ToolCall, Usage
+from .base import Message, ModelRequest, ModelResponse, ModelSettings, ToolCall, Usage
 from .streaming import broken_stream, emit_delta, safe_listener, wants_deltas
 
 __all__ = ["OpenAIModel"]
@@ -183,6 +183,8 @@ class OpenAIModel(SDKModel):
         if request.max_tokens is not None:
             # max_tokens, not max_completion_tokens: it is what compatible servers accept.
             params["max_tokens"] = request.max_tokens
+        if request.settings is not None:
+            _apply_settings(params, request.settings)
         return params
 
     # -- response ----------------------------------------------------------
@@ -289,6 +291,21 @@ class _Chunks:
             for _, call in sorted(self.calls.items())
             if call.name
         ]
+
+
+def _apply_settings(params: dict[str, Any], settings: ModelSettings) -> None:
+    """Provider settings into the request: what the API names as keywords, the
+    provider-specific extras in the body (OpenAI has no ``top_k``: it is skipped)."""
+    if settings.top_p is not None:
+        params["top_p"] = settings.top_p
+    if settings.seed is not None:
+        params["seed"] = settings.seed
+    if settings.stop is not None:
+        params["stop"] = list(settings.stop)
+    if settings.reasoning_effort is not None:
+        params["reasoning_effort"] = settings.reasoning_effort
+    if settings.extra:
+        params["extra_body"] = dict(settings.extra)
 
 
 def _usage(usage: Any) -> Usage:

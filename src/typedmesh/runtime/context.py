@@ -23,7 +23,7 @@ from ..contracts import Intent
 from ..errors import ContractError, RunError, StepFailed, TypedMeshError
 from ..journal.events import GENESIS_HASH
 from ..journal.writer import EventLog, JournalSink
-from ..models.base import Message, Model, ModelRequest, ModelResponse, Usage
+from ..models.base import Message, Model, ModelRequest, ModelResponse, ModelSettings, Usage
 from .budget import Budget, BudgetTracker
 from .effects import Effects, Suspend
 from .executor import AsyncioExecutor, Executor
@@ -38,12 +38,14 @@ if TYPE_CHECKING:
     from ..state.base import StateStore
     from ..step import Gate, Step
     from ..tools import Tool
+    from .history import History
     from .state_effects import RunStateAccess
 
 __all__ = ["RunContext", "RunState"]
 
 Out = TypeVar("Out", bound=BaseModel)
 T = TypeVar("T")
+D = TypeVar("D")
 
 
 @dataclass(slots=True)
@@ -74,6 +76,12 @@ class RunState:
     message_json: dict[int, tuple[Message, str]] = field(default_factory=dict)
     store: StateStore | None = None
     """The shared state store ``ctx.state`` works on (None: the run has none)."""
+    deps: Any = None
+    """What the run's steps and tools reach as ``ctx.deps`` (never journaled)."""
+    model_settings: ModelSettings | None = None
+    """Provider settings for every agent of the run, laid over each agent's own."""
+    history: History | None = None
+    """In a session turn: the earlier turns, rebuilt from the journal."""
 
     def __post_init__(self) -> None:
         if self.log is None:
@@ -156,6 +164,45 @@ class RunContext:
     @property
     def state_store(self) -> StateStore | None:
         return self._run.store
+
+    @property
+    def deps(self) -> Any:
+        """The run's dependencies (``deps=`` on run, resume, replay); ``DepsError`` if none."""
+        deps = self._run.deps
+        if deps is None:
+            from .deps import DepsError
+
+            raise DepsError(
+                f"run {self.run_id!r} has no deps (step {self.path!r} asked for them): pass "
+                "deps= to run, and again to resume or replay (deps are not journaled)",
+                expected=None,
+                got=None,
+            )
+        return deps
+
+    def deps_as(self, type_: type[D]) -> D:
+        """``ctx.deps``, checked to be a ``type_`` (and typed as one for the type checker)."""
+        deps = self.deps
+        if not isinstance(deps, type_):
+            from .deps import DepsError, type_name
+
+            raise DepsError(
+                f"step {self.path!r} wants deps of type {type_name(type_)}, the run has "
+                f"{type_name(type(deps))}",
+                expected=type_name(type_),
+                got=type_name(type(deps)),
+            )
+        return deps
+
+    @property
+    def model_settings(self) -> ModelSettings | None:
+        """Provider settings given to the whole run (``model_settings=`` on ``tm.run``)."""
+        return self._run.model_settings
+
+    @property
+    def history(self) -> History | None:
+        """In a session turn (``tm.Session``): the earlier turns; None outside a session."""
+        return self._run.history
 
     @property
     def replaying(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -25,11 +25,14 @@ from ..journal.events import Event, canonical_json, digest
 from ..journal.sqlite import Durability
 from ..journal.verify import load_payload, verify_events
 from ..journal.writer import JournalSink
+from ..models.base import ModelSettings
 from ..state import StateStore, open_store
 from ..step import Step
 from .budget import Budget
 from .context import RunState
+from .deps import check_deps
 from .effects import Effects, index_events
+from .history import History, load_history
 from .kinds import InDoubtPolicy
 from .reducer import reduce_events
 from .run import RunResult, attach_journal, coerce_input, drive, journal_label, run_sync
@@ -102,6 +105,25 @@ def _settings(
     return validated, intent, budget, grant
 
 
+def _recorded_extras(
+    flow: Step[Any, Any],
+    started: Event,
+    store: Journal,
+    deps: Any,
+    mode: Literal["resume", "replay"],
+) -> tuple[ModelSettings | None, History | None]:
+    """The run's recorded model settings and session history; its deps checked
+    against the deps type it recorded (``DepsError`` before anything runs)."""
+    payload = started.payload
+    check_deps(flow, deps, mode=mode, recorded=payload.get("deps_type"))
+    settings = payload.get("model_settings")
+    session = payload.get("session")
+    return (
+        ModelSettings.model_validate(settings) if settings else None,
+        load_history(store, session) if session else None,
+    )
+
+
 async def aresume(
     run_id: str,
     flow: Step[Any, Out],
@@ -113,6 +135,7 @@ async def aresume(
     durability: Durability = "normal",
     lease_ttl: float = DEFAULT_LEASE_TTL,
     state: StateStore | str | Path | None = None,
+    deps: Any = None,
 ) -> RunResult[Out]:
     """Continue a run from its journal without repeating any journaled effect.
 
@@ -128,6 +151,9 @@ async def aresume(
     state store (default: the one the run recorded, reopened from its URL;
     state writes journaled as applied are never applied again). A finished
     run returns its recorded output; a tampered or truncated journal is refused.
+    ``deps`` are given again (they are not journaled): a run that had deps
+    needs deps of the type it recorded (``DepsError`` otherwise). The model
+    settings and a session turn's history are the recorded ones.
     """
     store = open_journal(journal, must_exist=True, durability=durability)
     before = store.head(run_id)  # its status stays if this resume is refused
@@ -146,6 +172,7 @@ async def aresume(
         if events[-1].type == "run.finished":
             sink.release("finished")
             return _finished_result(flow, events, store, intent, journal)
+        settings, history = _recorded_extras(flow, events[0], store, deps, "resume")
     except BaseException:
         store.release(lease, status)
         raise
@@ -157,6 +184,9 @@ async def aresume(
         completed=index.completed,
         effects=Effects(recorded=index.effects, mode="resume", in_doubt=in_doubt),
         store=_state_store(state, events[0]),
+        deps=deps,
+        model_settings=settings,
+        history=history,
     )
     run_state.log.seq, run_state.log.prev_hash = len(events), events[-1].hash
     run_state.reducer.journal = store
@@ -228,6 +258,7 @@ async def areplay(
     journal: str | Path | Journal = DEFAULT_JOURNAL,
     swap: dict[str, Step[Any, Any]] | None = None,
     state: StateStore | str | Path | None = None,
+    deps: Any = None,
 ) -> ReplayResult[Out]:
     """Re-run a journaled run with every effect served from the journal.
 
@@ -239,12 +270,15 @@ async def areplay(
     journal. A strict replay never touches a state store; in a what-if, the
     swapped steps' state operations run live on ``state`` (give it a scratch
     store, e.g. ``MemoryStateStore()`` seeded from production, not production).
+    ``deps`` may be left out when no step reads ``ctx.deps`` itself (tools
+    are served from the journal); given, they must be of the recorded type.
     """
     store = open_journal(journal, readonly=not isinstance(journal, Journal))
     try:
         events = verified_events(store, run_id)
         index = index_events(events, store)
         validated, intent, budget, grant = _settings(flow, events[0], store)
+        settings, history = _recorded_extras(flow, events[0], store, deps, "replay")
         for name, new in (swap or {}).items():
             _check_swap(flow, name, new)
         effects = Effects(
@@ -258,6 +292,9 @@ async def areplay(
             swaps=dict(swap or {}),
             effects=effects,
             store=None if state is None else open_store(state),
+            deps=deps,
+            model_settings=settings,
+            history=history,
         )
         started = dict(events[0].payload)
         result = await drive(flow, validated, run_state, intent, ("run.started", started))
@@ -316,6 +353,7 @@ def resume(
     deadline: float | None = None,
     durability: Durability = "normal",
     state: StateStore | str | Path | None = None,
+    deps: Any = None,
 ) -> RunResult[Out]:
     """Synchronous twin of ``aresume``."""
     return run_sync(
@@ -328,6 +366,7 @@ def resume(
             deadline=deadline,
             durability=durability,
             state=state,
+            deps=deps,
         )
     )
 
@@ -339,6 +378,7 @@ def replay(
     journal: str | Path | Journal = DEFAULT_JOURNAL,
     swap: dict[str, Step[Any, Any]] | None = None,
     state: StateStore | str | Path | None = None,
+    deps: Any = None,
 ) -> ReplayResult[Out]:
     """Synchronous twin of ``areplay``."""
-    return run_sync(areplay(run_id, flow, journal=journal, swap=swap, state=state))
+    return run_sync(areplay(run_id, flow, journal=journal, swap=swap, state=state, deps=deps))

@@ -36,18 +36,20 @@ from ..journal.base import DEFAULT_LEASE_TTL, new_owner
 from ..journal.events import canonical_json, digest
 from ..journal.sqlite import Durability
 from ..journal.writer import EventSink, JournalSink
-from ..models.base import Usage
+from ..models.base import ModelSettings, Usage
 from ..state import StateStore, open_store
 from ..step import Step
 from ..validation import error_lines
 from .budget import Budget
 from .context import RunContext, RunState, invoke_traced
+from .deps import check_deps
 from .effects import Suspend
 from .executor import Executor
 from .trace import TraceNode
 
 if TYPE_CHECKING:
     from ..journal.base import Journal
+    from .history import SessionTurn
 
 __all__ = ["RunResult", "arun", "run"]
 
@@ -246,6 +248,9 @@ async def arun(
     target: str | None = None,
     lease_ttl: float = DEFAULT_LEASE_TTL,
     state: StateStore | str | Path | None = None,
+    deps: Any = None,
+    model_settings: ModelSettings | dict[str, Any] | None = None,
+    session: SessionTurn | None = None,
 ) -> RunResult[Out]:
     """Run ``flow`` on ``input`` and return its typed result.
 
@@ -260,6 +265,11 @@ async def arun(
     find the flow again. ``state`` is the shared state store steps reach as
     ``ctx.state`` (a ``StateStore`` or a URL: ``sqlite:///state.db``,
     ``postgresql://...``, ``redis://...``); its URL is recorded for resume.
+    ``deps`` is what steps and tools reach as ``ctx.deps`` (checked against the
+    flow's declared deps type before anything runs; never journaled, its type
+    name is recorded; see ``docs/deps.md``). ``model_settings`` (a
+    ``ModelSettings`` or a dict of its fields) is laid over every agent's own
+    settings. ``session`` is set by ``tm.Session`` (``docs/sessions.md``).
     On failure the ``RunError`` carries ``run_id`` and ``partial`` (the trace
     so far, with the output of every finished step).
     """
@@ -268,18 +278,30 @@ async def arun(
     if deadline is not None and deadline <= 0:
         raise ConfigurationError(f"deadline must be > 0 seconds, got {deadline}")
     validated = coerce_input(flow, input)
+    deps_type = check_deps(flow, deps)
+    settings = coerce_settings(model_settings)
     run_state = RunState(
         run_id=run_id or os.urandom(16).hex(),  # as random as uuid4, without its import
         intent=intent,
         budget=budget,
         grant=None if grant is None else frozenset(grant),
         store=None if state is None else open_store(state),
+        deps=deps,
+        model_settings=settings,
+        history=None if session is None else session.history,
     )
     if executor is not None:
         run_state.executor = executor
     for subscriber in subscribers:
         run_state.log.add_sink(subscriber)
-    started = run_started_payload(flow, validated, run_state, target)
+    started = run_started_payload(
+        flow,
+        validated,
+        run_state,
+        target,
+        deps_type=deps_type,
+        session=None if session is None else session.record,
+    )
     if journal is None:
         return await drive(
             flow, validated, run_state, intent, ("run.started", started), None, deadline
@@ -308,13 +330,39 @@ def attach_journal(state: RunState, store: Journal, sink: JournalSink) -> None:
     state.log.add_sink(sink)
 
 
+def coerce_settings(value: ModelSettings | dict[str, Any] | None) -> ModelSettings | None:
+    """A run's ``model_settings=`` as ``ModelSettings`` (None when empty); a typo is a
+    ``ConfigurationError`` before anything runs."""
+    try:
+        settings = ModelSettings.coerce(value)
+    except ValidationError as exc:
+        raise ConfigurationError("model_settings: " + "; ".join(error_lines(exc))) from exc
+    return None if settings.is_empty() else settings
+
+
 def run_started_payload(
-    flow: Step[Any, Any], validated: BaseModel, state: RunState, target: str | None = None
+    flow: Step[Any, Any],
+    validated: BaseModel,
+    state: RunState,
+    target: str | None = None,
+    *,
+    deps_type: str | None = None,
+    session: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What resume needs to run the flow again: its input, its target and the settings."""
+    """What resume needs to run the flow again: its input, its target and the settings.
+
+    ``deps_type``, ``model_settings`` and ``session`` are there only when set.
+    """
     from .._version import __version__
 
     budget = state.budget
+    extra: dict[str, Any] = {}
+    if deps_type is not None:
+        extra["deps_type"] = deps_type
+    if state.model_settings is not None:
+        extra["model_settings"] = state.model_settings.model_dump(mode="json")
+    if session is not None:
+        extra["session"] = session
     return {
         "flow": flow.name,
         "kind": flow.kind,
@@ -326,6 +374,7 @@ def run_started_payload(
         "grant": None if state.grant is None else sorted(state.grant),
         "state_store": None if state.store is None else state.store.url,
         "typedmesh": __version__,
+        **extra,
     }
 
 
@@ -367,6 +416,9 @@ def run(
     target: str | None = None,
     lease_ttl: float = DEFAULT_LEASE_TTL,
     state: StateStore | str | Path | None = None,
+    deps: Any = None,
+    model_settings: ModelSettings | dict[str, Any] | None = None,
+    session: SessionTurn | None = None,
 ) -> RunResult[Out]:
     """Synchronous twin of ``arun``, for scripts; inside an event loop use ``arun``."""
     return run_sync(
@@ -385,5 +437,8 @@ def run(
             target=target,
             lease_ttl=lease_ttl,
             state=state,
+            deps=deps,
+            model_settings=model_settings,
+            session=session,
         )
     )
