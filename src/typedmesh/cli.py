@@ -908,6 +908,9 @@ from .cli_approve import approvals_command, approve_command  # noqa: E402
 
 app.command("approve")(approve_command)
 app.command("approvals")(approvals_command)
+from .cli_session import session_command  # noqa: E402
+
+app.command("session")(session_command)
 
 
 def main() -> None:

@@ -119,11 +119,7 @@ def turn_of(store: Journal, run_id: str) -> tuple[dict[str, Any], Turn | None, s
     started = events[0]
     session = started.payload.get("session") or {}
     last = events[-1]
-    status = {
-        "run.finished": "finished",
-        "run.failed": "failed",
-        "run.suspended": "waiting",
-    }.get(last.type, "incomplete")
+    status = "finished" if last.type == "run.finished" else store.head(run_id).status
     if last.type != "run.finished":
         return session, None, status
     turn = Turn(
