@@ -25,6 +25,7 @@ NAMES = [
     "research_plan",
     "passing_ships",
     "batch_reviews",
+    "triage_route",
 ]
 
 Loader = Callable[[str], ModuleType]

@@ -32,7 +32,13 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("typedmesh.journal", "typedmesh.models", "typedmesh.state"),
     ("typedmesh.runtime",),
-    ("typedmesh.patterns", "typedmesh.agent", "typedmesh.tools", "typedmesh.provenance"),
+    (
+        "typedmesh.patterns",
+        "typedmesh.agent",
+        "typedmesh.tools",
+        "typedmesh.provenance",
+        "typedmesh.agent_tools",
+    ),
     (
         "typedmesh.cli",
         "typedmesh.cli_journal",

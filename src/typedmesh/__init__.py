@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import errors
 from ._version import __version__ as __version__
 from .agent import Agent
+from .agent_tools import AgentTool, agent_tool
 from .batch import BatchInput, BatchItem, BatchProgress, BatchReport, abatch, batch
 from .contracts import (
     AgentIdentity,
@@ -74,8 +75,13 @@ from .models.resilience import Cascade, CircuitBreaker, Fallback
 from .patterns import (
     Changes,
     Compare,
+    InputSource,
     Invariant,
     ReconcileReport,
+    Route,
+    Routed,
+    Router,
+    UnknownRoute,
     Violation,
     detect_conflicts,
     invariant,
@@ -83,6 +89,7 @@ from .patterns import (
     orchestrate,
     parallel,
     reconcile,
+    route,
     sequential,
 )
 from .runtime import (
@@ -127,6 +134,7 @@ from .tools import Tool, tool
 __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "Agent",
     "AgentIdentity",
+    "AgentTool",
     "AlreadyClaimed",
     "ApprovalDecision",
     "ApprovalDenied",
@@ -168,6 +176,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "InDoubtError",
     "InjectedTool",
     "Injection",
+    "InputSource",
     "InputValidationError",
     "Intent",
     "InvalidStateValue",
@@ -200,6 +209,9 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "ReconcileReport",
     "ReplayResult",
     "RetryPolicy",
+    "Route",
+    "Routed",
+    "Router",
     "RunContext",
     "RunError",
     "RunEvent",
@@ -232,6 +244,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "TraceNode",
     "TransientModelError",
     "TypedMeshError",
+    "UnknownRoute",
     "UnpricedModel",
     "Usage",
     "VersionMismatch",
@@ -239,6 +252,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "Violation",
     "WorkerResult",
     "abatch",
+    "agent_tool",
     "approve",
     "areplay",
     "aresume",
@@ -259,6 +273,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "reliability",
     "replay",
     "resume",
+    "route",
     "run",
     "run_cost",
     "sequential",
