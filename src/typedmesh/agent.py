@@ -190,9 +190,10 @@ class Agent(Step[In, Out]):
         history = ctx.history if "/" not in ctx.path else None  # a session's root agent
         if history is not None and history.summary:
             notes = [*notes, history.note() or ""]
+        earlier = history.messages() if history is not None else []
         messages = [
             Message(role="system", content=self.system_prompt(ctx.intent, notes)),
-            *(history.messages() if history is not None else ()),
+            *earlier,
             Message(role="user", content=input_json),
         ]
         settings = self.model_settings.merge(ctx.model_settings)
@@ -212,6 +213,7 @@ class Agent(Step[In, Out]):
                 temperature=settings.temperature,
                 max_tokens=settings.max_tokens,
                 settings=settings.without_limits(),
+                history=len(earlier),
             )
             response = await ctx.call_model(
                 model,

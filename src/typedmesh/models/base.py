@@ -139,6 +139,9 @@ class ModelRequest(BaseModel):
     temperature: float | None = None
     max_tokens: int | None = None
     settings: ModelSettings | None = Field(default=None, exclude_if=_unset)
+    history: int = Field(default=0, exclude_if=_empty)
+    """How many messages after the system message replay earlier turns of a session
+    (``tm.Session``); the step's own input follows them."""
 
     @property
     def system(self) -> str:
@@ -146,13 +149,15 @@ class ModelRequest(BaseModel):
         return next((m.content for m in self.messages if m.role == "system"), "")
 
     def input_data(self) -> dict[str, Any]:
-        """The step input, decoded from the first user message (as an Agent sends it).
+        """The step input, decoded from the first user message after a session's
+        history (as an Agent sends it).
 
         Handy for offline ``ScriptedModel`` functions that answer from the input.
         """
         import json
 
-        first = next((m for m in self.messages if m.role == "user"), None)
+        rest = [m for m in self.messages if m.role != "system"][self.history :]
+        first = next((m for m in rest if m.role == "user"), None)
         data = json.loads(first.content) if first is not None else {}
         return data if isinstance(data, dict) else {"input": data}
 
