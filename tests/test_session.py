@@ -370,3 +370,30 @@ def test_the_cli_says_when_there_is_no_such_session(tmp_path: Path) -> None:
     done = cli("nope", "--journal", str(journal))
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: no session 'nope' in {journal} (no run 'nope.turn-1')"
+
+
+def test_the_docs_example_prints_what_the_docs_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    from typedmesh.runtime.history import Turn
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sessions.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S)
+    shown = re.search(r"Its output.*?```text\n(.*?)```", doc, re.S)
+    assert code is not None and shown is not None
+    exports = {"Session": Session, "History": History, "Summary": Summary}
+    exports |= {"Transcript": Transcript, "Turn": Turn}
+    for name, value in exports.items():
+        monkeypatch.setattr(tm, name, value, raising=False)  # until exported
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.group(1), "docs/sessions.md", "exec"), {"__name__": "__main__"})
+    assert capsys.readouterr().out == shown.group(1)
+    listed = cli("cafe-42", "--journal", str(tmp_path / "chat.db"))
+    assert listed.returncode == 0, listed.stderr
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+    listing = re.search(r"\$ typedmesh session cafe-42 --journal chat.db\n(.*?)```", doc, re.S)
+    assert listing is not None
+    expected = listing.group(1).replace("in chat.db", f"in {tmp_path / 'chat.db'}")
+    assert stamp.sub("T", listed.stdout) == stamp.sub("T", expected)

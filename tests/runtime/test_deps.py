@@ -20,7 +20,13 @@ from typedmesh.journal import open_journal
 from typedmesh.models.offline import ScriptedModel
 from typedmesh.runtime.approval import approve
 from typedmesh.runtime.context import RunContext
-from typedmesh.runtime.deps import DepsError, check_deps, declared_deps, type_name
+from typedmesh.runtime.deps import (
+    DepsError,
+    check_deps,
+    declared_deps,
+    same_deps_type,
+    type_name,
+)
 
 
 @dataclass
@@ -241,3 +247,27 @@ def test_several_declared_types_must_all_fit() -> None:
 def test_an_agent_refuses_deps_that_are_not_a_class() -> None:
     with pytest.raises(ConfigurationError, match="deps must be a class"):
         tm.Agent("a", input=Lookup, output=Found, model="schema", deps=Db())  # type: ignore[arg-type]
+
+
+def test_a_type_from_a_script_matches_the_same_type_imported_by_name() -> None:
+    assert same_deps_type("__main__:Db", "shop:Db")
+    assert same_deps_type("shop:Db & __main__:Other", "__main__:Other & shop:Db")
+    assert not same_deps_type("shop:Db", "bank:Db")
+    assert not same_deps_type("__main__:Db", "shop:Other")
+    assert not same_deps_type("shop:Db", None)
+    assert same_deps_type(None, None)
+
+
+def test_the_docs_example_prints_what_the_docs_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "deps.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S)
+    shown = re.search(r"Its output.*?```text\n(.*?)```", doc, re.S)
+    assert code is not None and shown is not None
+    monkeypatch.setattr(tm, "DepsError", DepsError, raising=False)  # until exported
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.group(1), "docs/deps.md", "exec"), {"__name__": "__main__"})
+    assert capsys.readouterr().out == shown.group(1)

@@ -22,7 +22,7 @@ from ..errors import ConfigurationError
 if TYPE_CHECKING:
     from ..step import Step
 
-__all__ = ["DepsError", "check_deps", "declared_deps", "type_name"]
+__all__ = ["DepsError", "check_deps", "declared_deps", "same_deps_type", "type_name"]
 
 
 class DepsError(ConfigurationError):
@@ -41,6 +41,29 @@ class DepsError(ConfigurationError):
 def type_name(tp: type[Any]) -> str:
     """A type's qualified name, as ``run.started`` records it: ``module:QualName``."""
     return f"{tp.__module__}:{tp.__qualname__}"
+
+
+def same_deps_type(a: str | None, b: str | None) -> bool:
+    """Whether two recorded deps type names name the same types. A type defined in a
+    script is ``__main__:Name`` there and ``module:Name`` when the CLI imports the
+    script to resume it: against ``__main__``, the qualified names are compared."""
+    if a is None or b is None:
+        return a is b
+    left, right = a.split(" & "), b.split(" & ")
+    if len(left) != len(right):
+        return False
+    for x, y in zip(sorted(left, key=_qualname), sorted(right, key=_qualname), strict=True):
+        if x == y:
+            continue
+        if "__main__" not in (x.partition(":")[0], y.partition(":")[0]):
+            return False
+        if _qualname(x) != _qualname(y):
+            return False
+    return True
+
+
+def _qualname(name: str) -> str:
+    return name.partition(":")[2]
 
 
 def declared_deps(flow: Step[Any, Any]) -> dict[str, type[Any]]:
@@ -101,10 +124,10 @@ def check_deps(
                 expected=needed,
                 got=None,
             )
-        if wanted is None or wanted == recorded:
+        if wanted is None or same_deps_type(wanted, recorded):
             return recorded
         name = wanted  # a replay without deps: the flow's declared type still counts
-    if name != recorded:
+    if not same_deps_type(name, recorded):
         raise DepsError(
             f"the run was started with deps of type {recorded or 'none'}, this {mode} "
             f"has {name or 'none'}: the deps type is part of the flow's identity "
