@@ -662,3 +662,33 @@ def test_sloppy_schema_model_drives_an_agent_to_the_same_output() -> None:
         clean = tm.run(agent(SchemaModel(seed)), {"text": "x"}).output
         sloppy = tm.run(agent(SloppyModel(SchemaModel(seed), seed=seed)), {"text": "x"}).output
         assert sloppy == clean
+
+
+def test_scripted_list_may_hold_functions_of_the_request() -> None:
+    async def later(request: ModelRequest) -> Any:
+        await asyncio.sleep(0)
+        return {"second": request.messages[-1].content}
+
+    model = ScriptedModel(
+        [
+            lambda request: {"echo": request.messages[-1].content},
+            later,
+            ValueError,  # an exception class is an answer, not a function
+            "fixed",
+        ]
+    )
+    assert model.remaining == 4
+    assert json.loads(_run(model, _request("one")).content or "") == {"echo": "one"}
+    assert json.loads(_run(model, _request("two")).content or "") == {"second": "two"}
+    with pytest.raises(ValueError):
+        _run(model, _request("three"))
+    assert _run(model, _request("four")).content == "fixed"
+    model.assert_consumed()
+    with pytest.raises(ScriptExhausted):
+        _run(model, _request("five"))
+
+
+def test_scripted_list_function_must_answer_a_playable_item() -> None:
+    nested = ScriptedModel([lambda request: lambda r: "x"])  # type: ignore[list-item,return-value]
+    with pytest.raises(ConfigurationError, match="cannot script a function"):
+        _run(nested, _request())

@@ -16,6 +16,7 @@ import inspect
 import json
 import random
 import re
+import typing
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeAlias
 
@@ -43,6 +44,10 @@ ScriptItem: TypeAlias = (
 """One scripted answer: text, a model or dict (as JSON), tool calls, a response, or an error."""
 
 Responder: TypeAlias = Callable[[ModelRequest], ScriptItem | Awaitable[ScriptItem]]
+"""A function of the request (sync or async) that answers with a ``ScriptItem``."""
+
+ScriptEntry: TypeAlias = ScriptItem | Responder
+"""One entry of a scripted list: an answer, or a function asked for the answer then."""
 
 _TOOL_CALL_KEYS = frozenset({"tool_calls", "content"})
 
@@ -96,8 +101,11 @@ def _is_tool_script(item: dict[str, Any]) -> bool:
     return "tool_calls" in item and set(item) <= _TOOL_CALL_KEYS
 
 
-def _check_item(item: object) -> None:
-    """Reject what ``ScriptedModel`` cannot play, at the point the script is written."""
+def _check_item(item: object, *, responder: bool = False) -> None:
+    """Reject what ``ScriptedModel`` cannot play, at the point the script is written.
+
+    ``responder``: a function ``fn(request) -> item`` is allowed too (a list entry).
+    """
     if isinstance(item, str | BaseModel | BaseException):
         return
     if isinstance(item, type) and issubclass(item, BaseException):
@@ -113,17 +121,37 @@ def _check_item(item: object) -> None:
                     f"dicts, got {calls!r}"
                 )
         return
+    if responder and callable(item):
+        return
     raise ConfigurationError(
         f"cannot script a {type(item).__name__} ({item!r}): use a str, a pydantic model, a "
-        "dict, a ModelResponse, or an exception"
+        "dict, a ModelResponse, an exception"
+        + (", or a function of the request" if responder else "")
     )
+
+
+def _is_responder(item: object) -> bool:
+    """A function among a script's entries (an exception class is an answer, not one)."""
+    if isinstance(item, type) and issubclass(item, BaseException):
+        return False
+    return callable(item) and not isinstance(item, BaseModel | ModelResponse)
+
+
+async def _respond(responder: Responder, request: ModelRequest) -> ScriptItem:
+    item: Any = responder(request)
+    if inspect.isawaitable(item):
+        item = await item
+    _check_item(item)
+    return typing.cast(ScriptItem, item)
 
 
 class ScriptedModel:
     """Answers from a script, in order, and fails loudly when the script runs out.
 
     ``responses`` is a list of items or a callable ``fn(request) -> item`` (sync
-    or async) asked once per request. An item is a str (the content as is), a
+    or async) asked once per request; a list entry may itself be such a
+    function, asked only for the request that reaches it (to compute one
+    answer from the input among fixed ones). An item is a str (the content as is), a
     pydantic model or a plain dict (its JSON), ``{"tool_calls": [{"name": ...,
     "arguments": {...}}]}`` (ids ``call_0``, ``call_1``... counted per model;
     ``arguments`` may be a str to script malformed arguments; an optional
@@ -139,16 +167,16 @@ class ScriptedModel:
     provider: str = "offline"
 
     def __init__(
-        self, responses: Sequence[ScriptItem] | Responder, *, name: str = "scripted"
+        self, responses: Sequence[ScriptEntry] | Responder, *, name: str = "scripted"
     ) -> None:
         self.name = name
         self.calls: list[ModelRequest] = []
-        self._script: list[ScriptItem] | None = None
+        self._script: list[ScriptEntry] | None = None
         self._responder: Responder | None = None
         self._position = 0
         if isinstance(responses, Sequence) and not isinstance(responses, str):
             for item in responses:
-                _check_item(item)
+                _check_item(item, responder=True)
             self._script = list(responses)
         elif callable(responses):
             self._responder = responses
@@ -177,15 +205,14 @@ class ScriptedModel:
         self.calls.append(request)
         if self._script is None:
             assert self._responder is not None
-            item: Any = self._responder(request)
-            if inspect.isawaitable(item):
-                item = await item
-            _check_item(item)
+            item: Any = await _respond(self._responder, request)
         else:
             if self._position >= len(self._script):
                 raise ScriptExhausted(self._exhausted_message(request))
             item = self._script[self._position]
             self._position += 1
+            if _is_responder(item):
+                item = await _respond(item, request)
         return self._play(item, request)
 
     def _exhausted_message(self, request: ModelRequest) -> str:
