@@ -318,10 +318,86 @@ class SchemaModel:
                 raise ModelError(
                     f"SchemaModel cannot produce {request.output_name!r}: {exc}"
                 ) from exc
+            value = self._fit_gates(request, value, rng)
             content = json.dumps(value)
         response = ModelResponse(content=content, model=self.name)
         response.usage = _usage(request, response)
         return response
+
+    def _fit_gates(self, request: ModelRequest, value: Any, rng: random.Random) -> Any:
+        """``value`` made to pass the framework's own gates, not only the schema.
+
+        A ``parallel`` merge: a non-blank note for every field its schema's
+        ``conflict_notes`` requires. An ``orchestrate`` planner: a plan of one
+        independent step per worker the planner was briefed on, each with an
+        input generated from that worker's input schema.
+        """
+        if not isinstance(value, dict):
+            return value
+        schema = request.output_schema or {}
+        props = schema.get("properties") if isinstance(schema, dict) else None
+        if not isinstance(props, dict):
+            return value
+        notes_schema = props.get(_NOTES_FIELD)
+        if isinstance(notes_schema, dict):
+            value[_NOTES_FIELD] = _notes(notes_schema, value.get(_NOTES_FIELD), rng)
+        if request.output_name == "Plan" and {"goal", "steps"} <= set(props):
+            workers = _briefed_workers(request)
+            if workers:
+                value["steps"] = [
+                    {
+                        "id": f"step_{i}",
+                        "worker": name,
+                        "input": self.generate_value(worker_schema, rng=rng),
+                        "depends_on": [],
+                    }
+                    for i, (name, worker_schema) in enumerate(workers.items(), start=1)
+                ]
+        return value
+
+
+def _notes(schema: dict[str, Any], given: Any, rng: random.Random) -> dict[str, Any]:
+    """``conflict_notes`` with a non-blank note on every field the schema names."""
+    notes = dict(given) if isinstance(given, dict) else {}
+    fields = [*schema.get("required", [])]
+    fields += [f for f in schema.get("properties", {}) if f not in fields]
+    for field in fields:
+        note = notes.get(field)
+        if not isinstance(note, str) or not note.strip():
+            words = " ".join(rng.choice(WORDS) for _ in range(3))
+            notes[field] = f"the branches disagree on {field}: {words}"
+    return notes
+
+
+_NOTES_FIELD = "conflict_notes"  # patterns.conflicts.NOTES_FIELD (importing it is circular)
+_WORKER_LINE = re.compile(r"^- ([^:\s]+):")
+_INPUT_SCHEMA = " input schema "
+_OUTPUT_FIELDS = "; output fields:"
+
+
+def _briefed_workers(request: ModelRequest) -> dict[str, dict[str, Any]]:
+    """``{worker: input schema}`` from an orchestrate briefing in the request's system prompt."""
+    workers: dict[str, dict[str, Any]] = {}
+    decoder = json.JSONDecoder()
+    for message in request.messages:
+        if message.role != "system" or "Workers:" not in message.content:
+            continue
+        for line in message.content.splitlines():
+            head = _WORKER_LINE.match(line)
+            if head is None:
+                continue
+            at = line.find(_INPUT_SCHEMA)
+            while at >= 0:
+                start = at + len(_INPUT_SCHEMA)
+                try:
+                    schema, end = decoder.raw_decode(line, start)
+                except json.JSONDecodeError:
+                    schema, end = None, start
+                if isinstance(schema, dict) and line.startswith(_OUTPUT_FIELDS, end):
+                    workers[head.group(1)] = schema
+                    break
+                at = line.find(_INPUT_SCHEMA, start)
+    return workers
 
 
 # -- SloppyModel --------------------------------------------------------------
