@@ -105,3 +105,68 @@ def test_schema_model_everywhere_passes_an_orchestrate_plan(seed: int) -> None:
     assert result.output.plan_attempts == 1
     assert sorted(s.worker for s in result.output.plan.steps) == ["search", "summarize"]
     assert len(result.output.results) == 2
+
+
+# -- the text trace shows tool calls and a loop's outcome ------------------------------
+
+
+@tm.tool
+def lookup(order_id: str) -> str:
+    """Look an order up."""
+    if order_id == "missing":
+        raise tm.ToolError("no such order", tool="lookup")
+    return f"order {order_id}: shipped"
+
+
+class Answer(BaseModel):
+    text: str
+
+
+class Draft(BaseModel):
+    text: str
+
+
+class Review(BaseModel):
+    draft: Draft
+    round: int
+
+
+def _text(root: tm.TraceNode) -> str:
+    from rich.console import Console
+
+    from typedmesh.render import trace_tree
+
+    console = Console(width=200, record=True, color_system=None)
+    console.print(trace_tree(root))
+    return console.export_text()
+
+
+def test_trace_shows_successful_and_failed_tool_calls() -> None:
+    model = tm.ScriptedModel(
+        [
+            {"tool_calls": [{"name": "lookup", "arguments": {"order_id": "A1"}}]},
+            {"tool_calls": [{"name": "lookup", "arguments": {"order_id": "missing"}}]},
+            Answer(text="shipped"),
+        ]
+    )
+    agent = tm.Agent("support", input=Ticket, output=Answer, model=model, tools=[lookup])
+    result = tm.run(agent, {"text": "where is A1?"})
+    text = _text(result.trace)
+    assert 'tool lookup(order_id="A1") ok' in text
+    assert 'tool lookup(order_id="missing") error: ' in text
+
+
+@pytest.mark.parametrize(
+    ("passing", "expected"),
+    [(2, "loop passed after 2 rounds"), (9, "loop capped after 3 rounds: not passed")],
+)
+def test_trace_shows_a_loops_outcome(passing: int, expected: str) -> None:
+    writer = tm.Agent("writer", input=Ticket, output=Draft, model=tm.SchemaModel())
+
+    @tm.step(name="reviewer")
+    def reviewer(r: Review) -> tm.Evaluation:
+        ok = r.round >= passing
+        return tm.Evaluation(passed=ok, score=1.0 if ok else 0.2, feedback="" if ok else "more")
+
+    result = tm.run(tm.loop(writer, reviewer, max_rounds=3), {"text": "x"})
+    assert expected in _text(result.trace)

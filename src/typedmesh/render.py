@@ -89,13 +89,14 @@ def _decorate(branch: Tree, node: TraceNode) -> None:
         if kind in {"output.invalid", "output.gate_failed"}:
             problems = event.get("errors") or event.get("problems") or []
             branch.add(Text(f"{kind} #{event['attempt']}: " + "; ".join(problems), style="yellow"))
+        elif kind in {"tool.result", "tool.error"} and "key" in event:
+            branch.add(_tool_call(event))
         elif kind in {
             "tool.denied",
             "tool.error",
             "tool.unknown",
             "tool.invalid_arguments",
             "model.retry",
-            "loop.capped",
             "tool.in_doubt",
         }:
             detail = {k: v for k, v in event.items() if k != "event"}
@@ -118,8 +119,50 @@ def _decorate(branch: Tree, node: TraceNode) -> None:
             branch.add(Text(f"plan (attempt {event['attempts']}): {steps}", style="cyan"))
         elif kind.startswith("approval."):
             branch.add(_approval(event))
+    outcome = _loop_outcome(node)
+    if outcome is not None:
+        branch.add(outcome)
     if node.error:
         branch.add(Text(f"error: {node.error}", style="red"))
+
+
+def _short(value: Any, width: int = 24) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _tool_call(event: Mapping[str, Any]) -> Text:
+    """``tool lookup_order(order_id="A1") ok``, or ``... error: why``."""
+    arguments = event.get("arguments")
+    shown = ""
+    if isinstance(arguments, dict):
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in arguments.items())
+        if len(shown) > 72:
+            shown = shown[:71] + "…"
+    call = f"tool {event.get('tool') or '?'}({shown})"
+    if event["event"] == "tool.error":
+        return Text(f"{call} error: {event.get('error', '')}", style="yellow")
+    return Text(f"{call} ok", style="green")
+
+
+def _loop_outcome(node: TraceNode) -> Text | None:
+    """A loop's outcome: passed after N rounds, or capped at its maximum without passing."""
+    if node.kind != "loop":
+        return None
+    output: Any = node.output
+    data = output.model_dump() if hasattr(output, "model_dump") else output
+    capped = next((e for e in node.events if e["event"] == "loop.capped"), None)
+    if isinstance(data, dict) and isinstance(data.get("rounds"), int):
+        rounds = data["rounds"]
+        plural = "round" if rounds == 1 else "rounds"
+        if data.get("passed"):
+            return Text(f"loop passed after {rounds} {plural}", style="green")
+        return Text(f"loop capped after {rounds} {plural}: not passed", style="yellow")
+    if capped is not None:
+        return Text(
+            f"loop capped after {capped.get('max_rounds')} rounds: not passed", style="yellow"
+        )
+    return None
 
 
 def _approval(event: Mapping[str, Any]) -> Text:

@@ -113,6 +113,7 @@ class TraceReducer:
         self.root: TraceNode | None = None
         self.nodes: dict[str, TraceNode] = {}
         self.tool_outcomes: set[str] = set()
+        self.tool_arguments: dict[str, Any] = {}  # by call key, for the trace's tool notes
         self.usage = Usage()
         """What the whole run has spent: every model response and tool result recorded."""
         self.by_model: dict[str, Usage] = {}
@@ -354,6 +355,7 @@ class TraceReducer:
                 request=event,
             )
         else:
+            self.tool_arguments[key] = self.load(event, "arguments")
             idempotent = payload.get("idempotent")
             call = EffectCall(
                 kind,
@@ -437,6 +439,9 @@ class TraceReducer:
         known = self.latest.get(key)
         tool = str(payload.get("tool") or (known.tool if known is not None else ""))
         note: dict[str, Any] = {"event": event.type, "key": key, "tool": tool}
+        arguments = self.tool_arguments.get(key)
+        if isinstance(arguments, dict):
+            note["arguments"] = arguments
         if event.type == "tool.error":
             note["error"] = str(payload.get("error") or payload.get("message", ""))
         else:
