@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -41,11 +41,11 @@ from ..state.base import (
     Claim,
     StateRecord,
     StateStore,
+    TypedKeys,
     Versioned,
     Writer,
     check_key,
     encode_checked,
-    validate_value,
 )
 from .kinds import EffectKind, InDoubtPolicy, Recorded, register_kind
 
@@ -329,28 +329,18 @@ class RunStateAccess:
         return RunNamespace(self, name, model)
 
 
-class RunNamespace(Generic[V]):
+class RunNamespace(TypedKeys[V]):
     """``ctx.state.namespace("order", Order)``: typed keys ``order:...`` in a run."""
 
-    __slots__ = ("_access", "model", "name")
+    __slots__ = ("_access",)
 
     def __init__(self, access: RunStateAccess, name: str, model: type[Any] | None) -> None:
+        super().__init__(name, model)
         self._access = access
-        self.name = name
-        self.model = model
-
-    def key(self, key: str) -> str:
-        return f"{self.name}:{key}"
-
-    def validate(self, key: str, value: Any) -> V:
-        checked: V = validate_value(self.model, value, key=key, store="")
-        return checked
 
     async def get(self, key: str) -> Versioned[V] | None:
         found = await self._access.get(self.key(key))
-        if found is None:
-            return None
-        return Versioned(found.key, self.validate(found.key, found.value), found.version)
+        return None if found is None else self.typed(found)
 
     async def put(self, key: str, value: V, *, expected_version: int | None) -> Versioned[V]:
         full = self.key(key)
@@ -368,14 +358,10 @@ class RunNamespace(Generic[V]):
         self, key: str, fn: Callable[[V], V], *, default: Any = _MISSING, max_attempts: int = 10
     ) -> Versioned[V]:
         full = self.key(key)
-
-        def typed(value: Any) -> Any:
-            new = fn(self.validate(full, value))
-            self.validate(full, new)
-            return new
-
-        written = await self._access.update(full, typed, default=default, max_attempts=max_attempts)
-        return Versioned(full, self.validate(full, written.value), written.version)
+        written = await self._access.update(
+            full, self.checked(full, fn), default=default, max_attempts=max_attempts
+        )
+        return self.typed(written)
 
     async def history(self, key: str) -> list[StateRecord]:
         return await self._access.history(self.key(key))

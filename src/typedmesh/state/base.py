@@ -40,6 +40,7 @@ __all__ = [
     "Namespace",
     "StateRecord",
     "StateStore",
+    "TypedKeys",
     "Versioned",
     "Writer",
     "check_key",
@@ -525,24 +526,52 @@ def encode_checked(key: str, value: Any, *, limit: int = MAX_VALUE_BYTES, store:
     return text
 
 
-class Namespace(Generic[V]):
-    """Keys ``name:...`` of one store, with values validated by one model."""
+class TypedKeys(Generic[V]):
+    """The keys ``name:...`` and the model their values must fit: what a namespace over
+    a store (``Namespace``) and one inside a run (``ctx.state.namespace``) share."""
 
-    __slots__ = ("model", "name", "store")
+    __slots__ = ("model", "name")
 
-    def __init__(self, store: StateStore, name: str, model: type[Any] | None) -> None:
-        self.store = store
+    def __init__(self, name: str, model: type[Any] | None) -> None:
         self.name = name
         self.model = model
 
     def key(self, key: str) -> str:
         return f"{self.name}:{key}"
 
+    def validate(self, key: str, value: Any, store: str = "") -> V:
+        """``value`` as this namespace's model (a stored value that no longer fits it,
+        or a value written that does not, is an ``InvalidStateValue``)."""
+        checked: V = validate_value(self.model, value, key=key, store=store)
+        return checked
+
+    def typed(self, full: Versioned[Any]) -> Versioned[V]:
+        """A stored value, validated."""
+        return Versioned(full.key, self.validate(full.key, full.value), full.version)
+
+    def checked(self, full: str, fn: Callable[[V], V]) -> Callable[[Any], Any]:
+        """``fn`` for ``update``: given the value as the model, its result checked."""
+
+        def typed(value: Any) -> Any:
+            new = fn(self.validate(full, value))
+            self.validate(full, new)
+            return new
+
+        return typed
+
+
+class Namespace(TypedKeys[V]):
+    """Keys ``name:...`` of one store, with values validated by one model."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: StateStore, name: str, model: type[Any] | None) -> None:
+        super().__init__(name, model)
+        self.store = store
+
     def get(self, key: str) -> Versioned[V] | None:
         found = self.store.get(self.key(key))
-        if found is None:
-            return None
-        return Versioned(found.key, self.validate(found.key, found.value), found.version)
+        return None if found is None else self.typed(found)
 
     def put(
         self, key: str, value: V, *, expected_version: int | None, writer: Writer | None = None
@@ -568,16 +597,10 @@ class Namespace(Generic[V]):
         writer: Writer | None = None,
     ) -> Versioned[V]:
         full = self.key(key)
-
-        def typed(value: Any) -> Any:
-            new = fn(self.validate(full, value))
-            self.validate(full, new)
-            return new
-
         written = self.store.update(
-            full, typed, default=default, max_attempts=max_attempts, writer=writer
+            full, self.checked(full, fn), default=default, max_attempts=max_attempts, writer=writer
         )
-        return Versioned(full, self.validate(full, written.value), written.version)
+        return self.typed(written)
 
     def history(self, key: str) -> list[StateRecord]:
         return self.store.history(self.key(key))
@@ -587,11 +610,8 @@ class Namespace(Generic[V]):
         cut = len(self.name) + 1
         return [k[cut:] for k in self.store.keys(self.name + ":")]
 
-    def validate(self, key: str, value: Any) -> V:
-        """``value`` as this namespace's model (a stored value that no longer fits it,
-        or a value written that does not, is an ``InvalidStateValue``)."""
-        checked: V = validate_value(self.model, value, key=key, store=self.store.url)
-        return checked
+    def validate(self, key: str, value: Any, store: str = "") -> V:
+        return super().validate(key, value, store or self.store.url)
 
 
 def validate_value(model: type[Any] | None, value: Any, *, key: str, store: str) -> Any:
