@@ -68,7 +68,15 @@ from .errors import (
     VersionMismatch,
 )
 from .journal import Journal, MemoryJournal, SQLiteJournal, verify_run
-from .models.base import Message, Model, ModelRequest, ModelResponse, ToolCall, Usage
+from .models.base import (
+    Message,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ModelSettings,
+    ToolCall,
+    Usage,
+)
 from .models.faults import FAULTS, Fault, FaultyModel, InjectedTool, Injection
 from .models.offline import SchemaModel, ScriptedModel
 from .models.resilience import Cascade, CircuitBreaker, Fallback
@@ -125,7 +133,11 @@ from .runtime.approval import (
 )
 from .runtime.batch_calls import provider_batch
 from .runtime.cost import CostReport, run_cost
+from .runtime.deps import DepsError
+from .runtime.history import History, Summary, Transcript, Turn
+from .runtime.overrides import override
 from .runtime.stream import Lagged, RunEvent, RunStream, StreamEvent, StreamSink, TokenDelta, stream
+from .session import Session, TurnInfo
 from .state import MemoryStateStore, StateRecord, StateStore, Versioned, open_store
 from .state.sqlite import SQLiteStateStore
 from .step import FunctionStep, Gate, Step, step
@@ -161,6 +173,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "CostReport",
     "DeadlineExceeded",
     "DegradedReport",
+    "DepsError",
     "EffectKind",
     "Evaluation",
     "Executor",
@@ -173,6 +186,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "Gate",
     "GateError",
     "HandoffError",
+    "History",
     "InDoubtError",
     "InjectedTool",
     "Injection",
@@ -196,6 +210,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "ModelError",
     "ModelRequest",
     "ModelResponse",
+    "ModelSettings",
     "NonDeterminismError",
     "Orchestrated",
     "OutputValidationError",
@@ -224,6 +239,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "SQLiteStateStore",
     "SchemaModel",
     "ScriptedModel",
+    "Session",
     "StaleVersion",
     "StateError",
     "StateNotFound",
@@ -234,6 +250,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "StepFailed",
     "StreamEvent",
     "StreamSink",
+    "Summary",
     "SynthesizedReport",
     "TokenDelta",
     "Tool",
@@ -242,7 +259,10 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "ToolError",
     "ToolLoopExceeded",
     "TraceNode",
+    "Transcript",
     "TransientModelError",
+    "Turn",
+    "TurnInfo",
     "TypedMeshError",
     "UnknownRoute",
     "UnpricedModel",
@@ -264,6 +284,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "loop",
     "open_store",
     "orchestrate",
+    "override",
     "parallel",
     "pending_approvals",
     "provider_batch",
