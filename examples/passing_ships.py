@@ -312,21 +312,32 @@ example_input = Ticket(order_id="42")
 
 
 def describe(result: tm.RunResult[tm.ReconcileReport]) -> list[str]:
-    """Who acted, and who was refused by whose claim (from the run's trace)."""
-    refused = {
-        node.path.rsplit("/", 1)[-1]: str(event["error"])
-        for node in result.trace.walk()
-        for event in node.events
-        if event["event"] == "state.conflict" and str(event.get("error")).startswith("Already")
-    }
+    """Who acted, and who was refused by whose claim: from what the run journaled (its
+    state writes and conflicts), not from what the agents say they did."""
+    acted: dict[str, bool] = {}
+    refused: dict[str, str] = {}
+    for node in result.trace.walk():
+        branch = node.path.rsplit("/", 1)[-1]
+        for event in node.events:
+            if event["event"] == "state.written" and str(event.get("key")).startswith("order:"):
+                acted[branch] = acted.get(branch, False) or event.get("op") == "put"
+            elif event["event"] == "state.conflict" and str(event.get("error")).startswith(
+                "Already"
+            ):
+                refused[branch] = str(event["error"])
     handled = Handled.model_validate(result.output.input)
     lines = []
     for branch, agent, outcome in (
         ("refund", refunder.name, handled.refund),
         ("replacement", warehouse.name, handled.replacement),
     ):
-        said = "acted" if outcome.acted else "did not act"
-        lines.append(f"{agent:<9} {said}: {refused.get(branch, outcome.note)}")
+        did = acted.get(branch, False)
+        line = (
+            f"{agent:<9} {'acted' if did else 'did not act'}: {refused.get(branch, outcome.note)}"
+        )
+        if outcome.acted != did:  # a model's report that the journal contradicts
+            line += f"  (the agent reported acted={outcome.acted}; the journal says otherwise)"
+        lines.append(line)
     return lines
 
 
