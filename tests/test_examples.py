@@ -26,6 +26,7 @@ NAMES = [
     "passing_ships",
     "batch_reviews",
     "triage_route",
+    "triage",
 ]
 
 Loader = Callable[[str], ModuleType]
