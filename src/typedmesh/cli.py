@@ -28,6 +28,7 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import sqlite3
 import sys
 import traceback
@@ -463,6 +464,35 @@ def _journal(
         store.close()
 
 
+def resolve_run_id(store: Journal, run_id: str) -> str:
+    """The run ``run_id`` names: the exact id, else the one run whose id starts with it.
+
+    A prefix that several runs share is a ``CommandLineError`` listing up to 5 of
+    them; an id that matches nothing comes back unchanged (reading it then raises
+    the usual ``RunNotFound``)."""
+    ids = [info.run_id for info in store.runs()]
+    if not run_id or run_id in ids:
+        return run_id
+    matches = sorted(i for i in ids if i.startswith(run_id))
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        more = f" (and {len(matches) - 5} more)" if len(matches) > 5 else ""
+        raise CommandLineError(
+            f"run id prefix {run_id!r} is ambiguous: {', '.join(matches[:5])}{more}"
+        )
+    return run_id
+
+
+def _next_steps(run_id: str, journal: str) -> None:
+    """The commands that read a run a user just ran or resumed."""
+    flag = "" if journal == DEFAULT_JOURNAL else f" --journal {shlex.quote(journal)}"
+    commands = "   ".join(
+        f"typedmesh {verb} {run_id}{flag}" for verb in ("trace", "cost", "replay")
+    )
+    console.print(f"[dim]next:[/] {escape(commands)}", soft_wrap=True)
+
+
 def _print_run(title: str, output: Any, trace: TraceNode, usage: Usage) -> None:
     from .render import trace_tree, usage_table
 
@@ -578,6 +608,7 @@ def run_command(
             f"[bold]run id:[/] {result.run_id}   "
             f"[bold]journal:[/] {escape(describe_journal(journal))}"
         )
+        _next_steps(result.run_id, journal)
 
 
 @app.command("runs")
@@ -601,6 +632,7 @@ def trace_command(
     from .runtime.reducer import step_outputs, trace_from_events, trace_to_dict
 
     with _journal(journal, as_json, readonly=True) as store:
+        run_id = resolve_run_id(store, run_id)
         events = store.read(run_id)
         root = trace_from_events(events, store)
         if as_json:
@@ -626,6 +658,7 @@ def verify_command(
     from .journal.verify import VerifyReport, verify_run
 
     with _journal(journal, as_json, readonly=True) as store:
+        run_id = resolve_run_id(store, run_id)
         try:
             report = verify_run(store, run_id)
         except JournalCorrupt as exc:  # an event too damaged to read at all
@@ -670,6 +703,7 @@ def cost_command(
     from .runtime.reducer import reduce_events
 
     with _journal(journal, as_json, readonly=True) as store:
+        run_id = resolve_run_id(store, run_id)
         events = store.read(run_id)
         reducer = reduce_events(events, store)
         root = reducer.finish(events[-1])
@@ -775,6 +809,7 @@ def resume_command(
         _deadline_arg(deadline)
     policy: InDoubtPolicy = "retry" if retry_in_doubt else "skip" if skip_in_doubt else "fail"
     with _journal(journal, as_json, durability=level) as store:
+        run_id = resolve_run_id(store, run_id)
         finished = store.read(run_id)[-1].type == "run.finished"
         step = _flow_for(journal, run_id, flow)
         state = None if state_url is None else cs.open_for_run(state_url, as_json)
@@ -814,6 +849,7 @@ def resume_command(
         return
     note = "already finished: its recorded output" if finished else "resumed"
     _print_run(f"[bold]{step.name}[/] run {escape(run_id)} {note}", result.output, trace, usage)
+    _next_steps(run_id, journal)
 
 
 @app.command("waiting")
@@ -824,6 +860,7 @@ def waiting_command(
     from .runtime.waits import waiting_effects
 
     with _journal(journal, as_json, readonly=True) as store:
+        run_id = resolve_run_id(store, run_id)
         keys = waiting_effects(run_id, journal=store)
     if as_json:
         print(json.dumps({"run_id": run_id, "waiting": keys}))
@@ -851,6 +888,7 @@ def record_command(
     with _user_errors(as_json):
         result = _json_arg(value, "--value")
     with _journal(journal, as_json) as store:
+        run_id = resolve_run_id(store, run_id)
         record_result(run_id, key, result, journal=store, recorded_by=by)
     if as_json:
         print(json.dumps({"run_id": run_id, "key": key, "recorded": True}))
@@ -880,6 +918,7 @@ def replay_command(
                 raise CommandLineError(f"--swap expects NAME=MODULE:ATTR, got {item!r}")
             swaps[name] = load_step(spec)
     with _journal(journal, as_json) as store:
+        run_id = resolve_run_id(store, run_id)
         store.read(run_id)
         step = _flow_for(journal, run_id, flow)
         try:

@@ -59,9 +59,11 @@ def approvals_command(
     as_json: JsonOpt = False,
 ) -> None:
     """List the tool calls waiting for approval: the tool, its arguments, the agent asking."""
-    from .cli import _journal, console
+    from .cli import _journal, console, resolve_run_id
 
     with _journal(journal, as_json, readonly=True) as store:
+        if run_id is not None:
+            run_id = resolve_run_id(store, run_id)
         pending = pending_approvals(run_id, journal=store)
     if as_json:
         print(json.dumps({"run_id": run_id, "pending": [p.to_dict() for p in pending]}))
@@ -111,9 +113,10 @@ def approve_command(
     The decision is appended to the run's journal with who decided, when, the
     reason and the digest of the call it decides.
     """
-    from .cli import _journal, console
+    from .cli import _journal, console, resolve_run_id
 
     with _journal(journal, as_json) as store:
+        run_id = resolve_run_id(store, run_id)
         asked = {p.call_id: p for p in pending_approvals(run_id, journal=store)}
         decision = approve(run_id, call_id, approved=not deny, by=by, reason=reason, journal=store)
     pending = asked.get(decision.call_id)

@@ -229,7 +229,7 @@ def reliability_command(
     Per agent (name@version): attempts, first-try success, success after retries,
     failures by boundary and error type, each rate with a Wilson 95% interval.
     """
-    from .cli import CommandLineError, _fail, _journal, _user_errors, console
+    from .cli import CommandLineError, _fail, _journal, _user_errors, console, resolve_run_id
 
     with _user_errors(as_json):
         try:
@@ -243,6 +243,7 @@ def reliability_command(
             raise CommandLineError(f"--target must be a rate between 0 and 1, got {target}")
     where = describe_journal(journal)
     with _journal(journal, as_json, readonly=True) as store:
+        run_ids = [resolve_run_id(store, r) for r in run_ids] if run_ids else run_ids
         if not run_ids and not store.runs():
             raise CommandLineError(f"no runs in {where}: nothing to measure")
         report = measure(store, run_ids, flow=flow, since=after)

@@ -200,7 +200,10 @@ def usage_table(root: TraceNode, total: Usage) -> Group:
     """Per-agent usage with a total row."""
     table = Table(title="usage and cost", show_footer=False)
     for column in ("agent", "models", "calls", "input tok", "output tok", "tools", "cost USD"):
-        table.add_column(column, justify="left" if column in {"agent", "models"} else "right")
+        if column in {"agent", "models"}:  # names wrap (never cut with an ellipsis)
+            table.add_column(column, overflow="fold", min_width=8)
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
     models: dict[str, set[str]] = {}
     for node in root.walk():
         if node.identity is not None:
@@ -232,7 +235,10 @@ def model_usage_table(by_model: Mapping[str, Usage]) -> Table:
     """Usage and cost per model name."""
     table = Table(title="by model")
     for column in ("model", "calls", "input tok", "output tok", "cost USD"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        if column == "model":
+            table.add_column(column, overflow="fold", min_width=8)
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
     for model, usage in sorted(by_model.items()):
         table.add_row(
             model,

@@ -1,0 +1,97 @@
+"""CLI friction: next steps after a run, run-id prefixes, names that wrap, offline/unpriced."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from typedmesh.cli import app
+
+FLOW = textwrap.dedent("""
+    import json
+    from pydantic import BaseModel
+    import typedmesh as tm
+
+    class Q(BaseModel):
+        text: str
+
+    class A(BaseModel):
+        answer: str
+
+    def answer(r):
+        return tm.ModelResponse(
+            content=json.dumps({"answer": "ok"}),
+            usage=tm.Usage(input_tokens=100, output_tokens=20),
+        )
+
+    flow = tm.Agent("a_rather_long_agent_name_for_the_table", version="1.0.0", input=Q,
+        output=A, model=tm.ScriptedModel(answer, name="gpt-4o"))
+    unpriced = tm.Agent("local", version="1.0.0", input=Q, output=A,
+        model=tm.ScriptedModel(answer, name="my-local-model"))
+""")
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def flow_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")
+    path = tmp_path / "friction_flow.py"
+    path.write_text(FLOW)
+    return path
+
+
+def _run(journal: Path, run_id: str, attr: str = "flow") -> str:
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            f"friction_flow.py:{attr}",
+            "-i",
+            '{"text": "hi"}',
+            "--journal",
+            str(journal),
+            "--run-id",
+            run_id,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_run_says_what_to_do_next(flow_file: Path, tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    out = _run(journal, "abc123")
+    assert f"typedmesh trace abc123 --journal {journal}" in out
+    assert "typedmesh cost abc123" in out
+    assert "typedmesh replay abc123" in out
+
+
+def test_names_are_not_cut_at_80_columns(flow_file: Path, tmp_path: Path) -> None:
+    out = _run(tmp_path / "j.db", "abc123")
+    assert "…" not in out
+    flat = "".join(line.strip(" │┃|") for line in out.splitlines())
+    assert "a_rather_long_agent_name" in flat
+
+
+def test_unique_prefix_resolves_and_ambiguous_lists(flow_file: Path, tmp_path: Path) -> None:
+    journal = str(tmp_path / "j.db")
+    _run(Path(journal), "abc123")
+    _run(Path(journal), "abd456")
+    for command in ("trace", "verify", "cost", "waiting"):
+        result = runner.invoke(app, [command, "abc", "--journal", journal])
+        assert result.exit_code == 0, (command, result.output)
+        assert "abc123" in result.output
+    ambiguous = runner.invoke(app, ["trace", "ab", "--journal", journal])
+    assert ambiguous.exit_code == 2
+    assert "ambiguous" in ambiguous.output
+    assert "abc123" in ambiguous.output and "abd456" in ambiguous.output
+    unknown = runner.invoke(app, ["trace", "zzz", "--journal", journal])
+    assert unknown.exit_code == 2
+    assert "no run 'zzz'" in unknown.output
+    replay = runner.invoke(app, ["replay", "abd", "--journal", journal])
+    assert replay.exit_code == 0, replay.output
