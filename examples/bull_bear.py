@@ -127,14 +127,10 @@ def offline_bear(request: tm.ModelRequest) -> dict[str, Any]:
 
 
 def conflict_fields(request: tm.ModelRequest) -> list[str]:
-    """The fields the framework found in conflict: the notes the output schema asks for.
-
-    Structured, not prose: a real model is held to the same schema by its
-    constrained decoding. The values themselves are stamped by the framework.
-    """
-    schema = request.output_schema or {}
-    notes = schema.get("properties", {}).get("conflict_notes", {})
-    return list(notes.get("required", []))
+    """The fields the framework found in conflict, as data: ``request.context``
+    carries the conflicts it detected (the values are stamped by the framework)."""
+    context = request.context
+    return [c.field for c in context.conflicts] if context is not None else []
 
 
 def _without_provenance(value: Any) -> Any:

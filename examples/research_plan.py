@@ -160,7 +160,13 @@ async def search_corpus(query: str, max_results: int = 3) -> list[Source]:
 
 def offline_planner(request: tm.ModelRequest) -> dict[str, Any]:
     task = request.input_data()
-    search, summarize = searcher.name, summarizer.name  # this flow's workers (defined below)
+    # the workers on offer, as data (the prompt lists them in prose): picked by input
+    workers = request.context.workers if request.context is not None else []
+
+    def taking(field: str) -> str:
+        return next(w.name for w in workers if field in w.input_schema.get("properties", {}))
+
+    search, summarize = taking("query"), taking("evidence_for")
     topic = task["topic"]
     return {
         "goal": task["question"],

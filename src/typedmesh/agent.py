@@ -26,7 +26,16 @@ from .errors import (
     ToolLoopExceeded,
 )
 from .models import resolve_model
-from .models.base import Message, Model, ModelRequest, ModelSettings, ToolCall
+from .models.base import (
+    ContextNote,
+    Denial,
+    Message,
+    Model,
+    ModelRequest,
+    ModelSettings,
+    RequestContext,
+    ToolCall,
+)
 from .models.resilience import Cascade, CircuitBreaker, Fallback
 from .provenance import carries_provenance, model_facing_schema, stamp
 from .runtime.context import RunContext
@@ -184,6 +193,8 @@ class Agent(Step[In, Out]):
         if cascade is not None:
             model = cascade.models[0]
         notes = [*ctx.notes, gate.guidance] if gate is not None else ctx.notes
+        told = _context_of(notes)
+        denials: list[Denial] = []
         view = output_view(gate)
         output_schema = view.schema(self.output_schema) if view else self.output_schema
         input_json = input.model_dump_json()
@@ -214,6 +225,7 @@ class Agent(Step[In, Out]):
                 max_tokens=settings.max_tokens,
                 settings=settings.without_limits(),
                 history=len(earlier),
+                context=_with_denials(told, denials),
             )
             response = await ctx.call_model(
                 model,
@@ -244,7 +256,7 @@ class Agent(Step[In, Out]):
                     )
                 )
                 for call in response.tool_calls:
-                    text = await self._answer(call, ctx, tools_used)
+                    text = await self._answer(call, ctx, tools_used, denials)
                     messages.append(
                         Message(role="tool", content=text, tool_call_id=call.id, name=call.name)
                     )
@@ -329,7 +341,9 @@ class Agent(Step[In, Out]):
         value = view.apply(decoded.value)
         return self.output_type.model_validate_json(json.dumps(value, ensure_ascii=False))
 
-    async def _answer(self, call: ToolCall, ctx: RunContext, tools_used: list[str]) -> str:
+    async def _answer(
+        self, call: ToolCall, ctx: RunContext, tools_used: list[str], denials: list[Denial]
+    ) -> str:
         """Run one tool call; any refusal or failure is told to the model, not raised."""
         tool = self.tools.get(call.name)
         if tool is None:
@@ -344,6 +358,7 @@ class Agent(Step[In, Out]):
         try:
             result = await ctx.call_tool(tool, **call.arguments)
         except ToolDenied as exc:
+            denials.append(Denial(tool=tool.name, missing=sorted(exc.missing)))
             return (
                 f"Error: not allowed. Tool {tool.name!r} needs scope(s) "
                 f"{sorted(exc.missing)} that this agent does not hold. Do not retry it."
@@ -352,6 +367,21 @@ class Agent(Step[In, Out]):
             return f"Error: {exc}"
         tools_used.append(tool.name)
         return tool.result_text(result)
+
+
+def _context_of(notes: Sequence[str]) -> RequestContext | None:
+    """The facts the notes carry as data (``ContextNote``s), merged; None if none."""
+    found: RequestContext | None = None
+    for note in notes:
+        if isinstance(note, ContextNote):
+            found = note.context if found is None else found.merge(note.context)
+    return found
+
+
+def _with_denials(told: RequestContext | None, denials: list[Denial]) -> RequestContext | None:
+    if not denials:
+        return told
+    return (told or RequestContext()).model_copy(update={"denials": list(denials)})
 
 
 def _escalate(ctx: RunContext, cascade: Cascade, level: int, reason: str) -> tuple[int, Model]:

@@ -13,15 +13,21 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from typedmesh.contracts import Conflict
+
 __all__ = [
+    "ContextNote",
+    "Denial",
     "Message",
     "Model",
     "ModelRequest",
     "ModelResponse",
     "ModelSettings",
+    "RequestContext",
     "ToolCall",
     "ToolSchema",
     "Usage",
+    "WorkerInfo",
 ]
 
 
@@ -121,6 +127,69 @@ class ModelSettings(BaseModel):
 EMPTY_SETTINGS = ModelSettings()
 
 
+class WorkerInfo(BaseModel):
+    """A worker an ``orchestrate`` planner may use: its name, what it does, the
+    JSON schema of its input and the names of its output fields."""
+
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+    output_fields: list[str] = Field(default_factory=list)
+
+
+class Denial(BaseModel):
+    """A tool call of this step refused for want of scopes (the model was told)."""
+
+    tool: str
+    missing: list[str]
+
+
+class RequestContext(BaseModel):
+    """What the framework tells a model besides its input, as data.
+
+    The same facts are in the system prompt as prose (a real model reads
+    that); an offline ``ScriptedModel`` function reads them here instead:
+
+    - ``conflicts``: a ``parallel`` merge step's detected conflicts (field and
+      each branch's value); the answer gives a note per field in ``conflict_notes``.
+    - ``round``, ``feedback``, ``score``, ``previous_draft``: a ``loop``
+      generator's round (from 1) and, from round two, the evaluator's last
+      feedback and score and the previous draft (as a dict).
+    - ``workers``: an ``orchestrate`` planner's worker catalog.
+    - ``denials``: tool calls of this step refused for want of scopes.
+
+    ``request.context`` is None when there is nothing to tell. It is not part
+    of the request's identity (its JSON): the prompt already carries it.
+    """
+
+    conflicts: list[Conflict] = Field(default_factory=list)
+    round: int | None = None
+    feedback: str | None = None
+    score: float | None = None
+    previous_draft: dict[str, Any] | None = None
+    workers: list[WorkerInfo] = Field(default_factory=list)
+    denials: list[Denial] = Field(default_factory=list)
+
+    def merge(self, other: RequestContext) -> RequestContext:
+        """This context with ``other``'s set fields laid on top (lists concatenated)."""
+        data = self.model_dump(exclude_defaults=True)
+        for name, value in other.model_dump(exclude_defaults=True).items():
+            data[name] = [*data.get(name, []), *value] if isinstance(value, list) else value
+        return RequestContext.model_validate(data)
+
+
+class ContextNote(str):
+    """A note a pattern tells a step (prose, as any note) that also carries its
+    facts as a ``RequestContext``, for the agent to put in ``ModelRequest.context``."""
+
+    context: RequestContext
+
+    def __new__(cls, text: str, context: RequestContext) -> ContextNote:
+        note = super().__new__(cls, text)
+        note.context = context
+        return note
+
+
 class ModelRequest(BaseModel):
     """Everything a model needs for one call.
 
@@ -129,7 +198,9 @@ class ModelRequest(BaseModel):
     structured-output mode needs a name. ``settings`` are the provider
     settings beyond ``temperature`` and ``max_tokens``; unset, they are not
     in the request's JSON, so requests made before they existed keep their
-    identity (and their journals replay).
+    identity (and their journals replay). ``context`` holds, as data, what the
+    enclosing pattern told the agent in prose (see ``RequestContext``); it is
+    never in the request's JSON.
     """
 
     messages: list[Message]
@@ -142,6 +213,8 @@ class ModelRequest(BaseModel):
     history: int = Field(default=0, exclude_if=_empty)
     """How many messages after the system message replay earlier turns of a session
     (``tm.Session``); the step's own input follows them."""
+    context: RequestContext | None = Field(default=None, exclude=True)
+    """The framework's notes to the model as data (None when there are none)."""
 
     @property
     def system(self) -> str:

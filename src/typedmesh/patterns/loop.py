@@ -9,6 +9,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from ..contracts import AgentIdentity, Evaluation, Intent, LoopResult
 from ..errors import ConfigurationError, ContractError, HandoffError
 from ..handoff import annotation_problem, field_annotation, validate_input
+from ..models.base import ContextNote, RequestContext
 from ..runtime.context import RunContext
 from ..step import Step
 from ..validation import error_lines
@@ -87,11 +88,20 @@ class Loop(Step[Any, Any]):
             gen_input = input
             if draft is not None:
                 last = evaluations[-1]
+                told = RequestContext(
+                    round=round_no,
+                    feedback=last.feedback,
+                    score=last.score,
+                    previous_draft=draft.model_dump(mode="json"),
+                )
                 notes = (
-                    f"Round {round_no} of {self.max_rounds}. Your previous draft:\n"
-                    f"{draft.model_dump_json()}\nThe evaluator's feedback (score "
-                    f"{last.score:.2f}):\n{last.feedback}\nRevise the draft to address "
-                    "the feedback.",
+                    ContextNote(
+                        f"Round {round_no} of {self.max_rounds}. Your previous draft:\n"
+                        f"{draft.model_dump_json()}\nThe evaluator's feedback (score "
+                        f"{last.score:.2f}):\n{last.feedback}\nRevise the draft to address "
+                        "the feedback.",
+                        told,
+                    ),
                 )
                 if self._gen_fills:
                     values = {"previous_draft": draft, "feedback": last.feedback}

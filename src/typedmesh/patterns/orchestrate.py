@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from ..contracts import AgentIdentity, Plan, PlanExecution, PlanStep, WorkerResult
 from ..errors import ConfigurationError, ContractError, PlanRejected
 from ..handoff import handoff_problems, validate_input
+from ..models.base import ContextNote, RequestContext, WorkerInfo
 from ..runtime.context import RunContext
 from ..step import Gate, Step
 
@@ -94,7 +95,7 @@ class Orchestrate(Step[Any, Any]):
 
         gate = Gate(
             check=check,
-            guidance=self.briefing(),
+            guidance=ContextNote(self.briefing(), RequestContext(workers=self.catalog())),
             error=PlanRejected,
             max_attempts=self.max_plan_attempts,
         )
@@ -146,6 +147,18 @@ class Orchestrate(Step[Any, Any]):
 
         await ctx.run_all([functools.partial(run_step, planned) for planned in plan.steps])
         return done
+
+    def catalog(self) -> list[WorkerInfo]:
+        """The workers as data (``ModelRequest.context.workers`` of the planner)."""
+        return [
+            WorkerInfo(
+                name=w.name,
+                description=w.description,
+                input_schema=w.input_type.model_json_schema(),
+                output_fields=list(w.output_type.model_fields),
+            )
+            for w in self.workers.values()
+        ]
 
     def briefing(self) -> str:
         """What the planner is told: the workers, their input schemas, the rules."""

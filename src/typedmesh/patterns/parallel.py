@@ -22,6 +22,7 @@ from ..errors import (
     RunWaiting,
 )
 from ..handoff import Handoff, annotation_problem, handoff_problems, validate_input
+from ..models.base import ContextNote, RequestContext
 from ..runtime.context import RunContext
 from ..step import Gate, Step
 from .conflicts import (
@@ -141,7 +142,7 @@ class Parallel(Step[Any, Any]):
         view = ConflictView(conflicts)
         gate = Gate(
             check=view.stamp,
-            guidance=view.guidance(),
+            guidance=ContextNote(view.guidance(), RequestContext(conflicts=conflicts)),
             error=ConflictsDropped,
             extra={OUTPUT_VIEW: view},
         )
