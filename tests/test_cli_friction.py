@@ -95,3 +95,19 @@ def test_unique_prefix_resolves_and_ambiguous_lists(flow_file: Path, tmp_path: P
     assert "no run 'zzz'" in unknown.output
     replay = runner.invoke(app, ["replay", "abd", "--journal", journal])
     assert replay.exit_code == 0, replay.output
+
+
+def test_offline_and_unpriced_models_are_labelled(flow_file: Path, tmp_path: Path) -> None:
+    journal = str(tmp_path / "j.db")
+    out = _run(Path(journal), "offline1")
+    flat = " ".join(out.split())
+    assert "offline, priced as gpt-4o" in flat
+    assert "cost: $0.000450 (gpt-4o: offline, priced as gpt-4o)" in flat
+    trace = runner.invoke(app, ["trace", "offline1", "--journal", journal])
+    assert "offline, priced as gpt-4o" in " ".join(trace.output.split())
+    out = _run(Path(journal), "local1", attr="unpriced")
+    flat = " ".join(out.split())
+    assert "cost: unpriced" in flat
+    assert "$0.000000" not in flat and "0.000000" not in flat
+    trace = runner.invoke(app, ["trace", "local1", "--journal", journal])
+    assert "unpriced" in trace.output and "$0.000000" not in trace.output

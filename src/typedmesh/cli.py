@@ -66,6 +66,7 @@ from .errors import (
 from .journal import DEFAULT_JOURNAL, Durability, Journal, describe_journal, open_journal
 from .models.base import Usage
 from .runtime.budget import Budget
+from .runtime.cost import CostReport
 from .runtime.kinds import InDoubtPolicy
 from .runtime.trace import TraceNode
 from .step import Step
@@ -493,16 +494,28 @@ def _next_steps(run_id: str, journal: str) -> None:
     console.print(f"[dim]next:[/] {escape(commands)}", soft_wrap=True)
 
 
-def _print_run(title: str, output: Any, trace: TraceNode, usage: Usage) -> None:
-    from .render import trace_tree, usage_table
+def _run_cost(store: Journal, run_id: str) -> CostReport | None:
+    """A run's cost report, for labelling offline and unpriced models (None: unreadable)."""
+    from .runtime.cost import run_cost
+
+    try:
+        return run_cost(store, run_id)
+    except Exception:  # a courtesy: the numbers of the run's own usage stand
+        return None
+
+
+def _print_run(
+    title: str, output: Any, trace: TraceNode, usage: Usage, report: CostReport | None = None
+) -> None:
+    from .render import cost_line, model_notes, trace_tree, usage_table
 
     console.rule(title)
     console.print(JSON(output.model_dump_json()))
     console.rule("trace")
-    console.print(trace_tree(trace))
-    console.print(usage_table(trace, usage))
+    console.print(trace_tree(trace, model_notes(report) if report is not None else None))
+    console.print(usage_table(trace, usage, report))
     console.print(
-        f"[bold]cost:[/] ${usage.cost_usd:.6f}   [bold]tokens:[/] "
+        f"[bold]cost:[/] {escape(cost_line(usage, report))}   [bold]tokens:[/] "
         f"{usage.total_tokens}   [bold]model calls:[/] {usage.model_calls}"
     )
 
@@ -593,6 +606,8 @@ def run_command(
         _fail(exc, as_json, code=2)
     except Exception as exc:  # a user step raised and the runtime did not wrap it
         _step_raised(exc, as_json, run_id=run_id, store=store, footer=footer)
+    else:
+        report = _run_cost(store, result.run_id) if store is not None and not as_json else None
     finally:
         state.close()
         if store is not None:
@@ -601,7 +616,11 @@ def run_command(
         print(json.dumps(result.to_dict(), default=str))
         return
     _print_run(
-        f"[bold]{flow.name}[/] run {result.run_id}", result.output, result.trace, result.usage
+        f"[bold]{flow.name}[/] run {result.run_id}",
+        result.output,
+        result.trace,
+        result.usage,
+        report,
     )
     if store is not None:
         console.print(
@@ -638,15 +657,16 @@ def trace_command(
         if as_json:
             print(json.dumps(trace_to_dict(root, step_outputs(events, store)), default=str))
             return
-    from .render import trace_tree
+        report = _run_cost(store, run_id)
+    from .render import cost_line, model_notes, trace_tree
 
     status = cj.run_status(events)
     console.rule(f"[bold]{escape(root.name)}[/] run {escape(run_id)}  {status}")
-    console.print(trace_tree(root))
+    console.print(trace_tree(root, model_notes(report) if report is not None else None))
     usage = root.total_usage()
     console.print(
         f"[bold]events:[/] {len(events)}   [bold]tokens:[/] {usage.total_tokens}   "
-        f"[bold]cost:[/] ${usage.cost_usd:.6f}"
+        f"[bold]cost:[/] {escape(cost_line(usage, report))}"
     )
 
 
@@ -844,11 +864,14 @@ def resume_command(
         events = store.read(run_id)
         reducer = reduce_events(events, store)
         trace, usage = reducer.finish(events[-1]), reducer.usage
+        report = None if as_json else _run_cost(store, run_id)
     if as_json:
         print(json.dumps(result.to_dict(), default=str))
         return
     note = "already finished: its recorded output" if finished else "resumed"
-    _print_run(f"[bold]{step.name}[/] run {escape(run_id)} {note}", result.output, trace, usage)
+    _print_run(
+        f"[bold]{step.name}[/] run {escape(run_id)} {note}", result.output, trace, usage, report
+    )
     _next_steps(run_id, journal)
 
 

@@ -36,9 +36,11 @@ __all__ = [
     "changes_table",
     "cost_agent_table",
     "cost_footer",
+    "cost_line",
     "cost_model_table",
     "cost_node_table",
     "cost_views",
+    "model_notes",
     "model_usage_table",
     "plan_and_execute_line",
     "plan_and_execute_table",
@@ -58,7 +60,28 @@ _STATUS = {
 }
 
 
-def _label(node: TraceNode) -> Text:
+def model_notes(report: CostReport) -> dict[str, str]:
+    """How each model that is not simply billed at its list price was priced:
+    ``offline, priced as gpt-4o`` (an offline double), ``unpriced`` (no known price)."""
+    return {
+        name: model.pricing
+        for name, model in report.by_model.items()
+        if model.offline or model.priced_as is None
+    }
+
+
+def _model_names(models: Iterable[str], notes: Mapping[str, str]) -> str:
+    return ", ".join(f"{m} ({notes[m]})" if m in notes else m for m in models)
+
+
+def _unpriced(node: TraceNode, notes: Mapping[str, str]) -> bool:
+    """Whether every model the node (and its children) called has no price."""
+    models = {m for n in node.walk() for m in n.models}
+    return bool(models) and all(notes.get(m, "").endswith("unpriced") for m in models)
+
+
+def _label(node: TraceNode, notes: Mapping[str, str] | None = None) -> Text:
+    notes = notes or {}
     text = Text()
     text.append(node.name, style="bold")
     text.append(f"  {node.kind}", style="cyan")
@@ -70,17 +93,20 @@ def _label(node: TraceNode) -> Text:
     usage = node.total_usage()
     if usage.model_calls:
         text.append(f"  {usage.input_tokens}+{usage.output_tokens} tok", style="dim")
-        text.append(f"  ${usage.cost_usd:.6f}", style="dim")
+        if usage.cost_usd == 0 and _unpriced(node, notes):
+            text.append("  unpriced", style="yellow")
+        else:
+            text.append(f"  ${usage.cost_usd:.6f}", style="dim")
     if node.models:
-        text.append(f"  [{', '.join(node.models)}]", style="blue")
+        text.append(f"  [{_model_names(node.models, notes)}]", style="blue")
     return text
 
 
-def _add(tree: Tree, node: TraceNode) -> None:
-    branch = tree.add(_label(node))
+def _add(tree: Tree, node: TraceNode, notes: Mapping[str, str] | None = None) -> None:
+    branch = tree.add(_label(node, notes))
     _decorate(branch, node)
     for child in node.children:
-        _add(branch, child)
+        _add(branch, child, notes)
 
 
 def _decorate(branch: Tree, node: TraceNode) -> None:
@@ -177,12 +203,14 @@ def _approval(event: Mapping[str, Any]) -> Text:
     return Text(text, style="green" if verb == "approved" else "red")
 
 
-def trace_tree(root: TraceNode) -> Tree:
-    """The whole run as a tree: step, kind, identity, status, time, tokens, cost."""
-    tree = Tree(_label(root))
+def trace_tree(root: TraceNode, notes: Mapping[str, str] | None = None) -> Tree:
+    """The whole run as a tree: step, kind, identity, status, time, tokens, cost.
+
+    ``notes`` (``model_notes``) labels offline and unpriced models."""
+    tree = Tree(_label(root, notes))
     _decorate(tree, root)
     for child in root.children:
-        _add(tree, child)
+        _add(tree, child, notes)
     return tree
 
 
@@ -196,8 +224,13 @@ def usage_by_agent(root: TraceNode) -> dict[str, Usage]:
     return totals
 
 
-def usage_table(root: TraceNode, total: Usage) -> Group:
-    """Per-agent usage with a total row."""
+def usage_table(root: TraceNode, total: Usage, report: CostReport | None = None) -> Group:
+    """Per-agent usage with a total row.
+
+    With the run's cost ``report``, offline and unpriced models are labelled and a
+    cost with no price reads ``unpriced``, not ``0.000000``."""
+    notes = model_notes(report) if report is not None else {}
+    spends = report.by_agent if report is not None else {}
     table = Table(title="usage and cost", show_footer=False)
     for column in ("agent", "models", "calls", "input tok", "output tok", "tools", "cost USD"):
         if column in {"agent", "models"}:  # names wrap (never cut with an ellipsis)
@@ -212,12 +245,12 @@ def usage_table(root: TraceNode, total: Usage) -> Group:
     for agent, usage in usage_by_agent(root).items():
         table.add_row(
             agent,
-            ", ".join(sorted(models.get(agent, ()))),
+            _model_names(sorted(models.get(agent, ())), notes),
             str(usage.model_calls),
             str(usage.input_tokens),
             str(usage.output_tokens),
             str(usage.tool_calls),
-            f"{usage.cost_usd:.6f}",
+            _money(spends[agent], 6) if agent in spends else f"{usage.cost_usd:.6f}",
         )
     table.add_row(
         Text("total", style="bold"),
@@ -226,9 +259,24 @@ def usage_table(root: TraceNode, total: Usage) -> Group:
         str(total.input_tokens),
         str(total.output_tokens),
         str(total.tool_calls),
-        Text(f"{total.cost_usd:.6f}", style="bold"),
+        Text(
+            _money(report.total, 6) if report is not None else f"{total.cost_usd:.6f}",
+            style="bold",
+        ),
     )
     return Group(table)
+
+
+def cost_line(total: Usage, report: CostReport | None = None) -> str:
+    """``$0.000450``, ``unpriced``, ``$0.000450 (offline, priced as gpt-4o: gpt-4o)``."""
+    if report is None:
+        return f"${total.cost_usd:.6f}"
+    spend = report.total
+    text = "$0.000000" if not spend.model_calls else _money(spend, 6)
+    offline = [m for m in report.by_model.values() if m.offline]
+    if offline:
+        text += " (" + "; ".join(f"{m.model}: {m.pricing}" for m in offline) + ")"
+    return text
 
 
 def model_usage_table(by_model: Mapping[str, Usage]) -> Table:
