@@ -128,7 +128,7 @@ def test_tool_loop_with_bad_calls_answered_to_the_model() -> None:
             '{"answer": "shipped", "confidence": 1}',
         ]
     )
-    flow = agent(model, tools=[lookup_order, refund])
+    flow = agent(model, tools=[lookup_order, refund], withheld_scopes={"orders:refund"})
     result = tm.run(flow, {"text": "where is A1?"})
     assert result.output.answer == "shipped"
     assert lookups == ["A1"] and refunds == []  # invalid, unknown and denied calls ran nothing

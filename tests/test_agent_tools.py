@@ -100,6 +100,7 @@ def desk_agent(
         model=model or desk_model(),
         tools=tools or [agent_tool(billing_agent())],
         scopes=scopes or set(),
+        withheld_scopes={"orders:refund", "desk:delegate"},  # denied at run time, on purpose
     )
 
 

@@ -262,7 +262,12 @@ def test_failed_and_denied_tool_calls() -> None:
         return {"status": "escalated"}
 
     agent = tm.Agent(
-        "support", input=Order, output=Status, model=mini(respond), tools=[explode, refund]
+        "support",
+        input=Order,
+        output=Status,
+        model=mini(respond),
+        tools=[explode, refund],
+        withheld_scopes={"orders:refund"},
     )
     journal = tm.MemoryJournal()
     result = tm.run(agent, Order(order_id="7"), journal=journal)

@@ -20,6 +20,7 @@ from .contracts import AgentIdentity, Intent, Provenance
 from .decoding import OutputView, decode_json, output_view
 from .errors import (
     ConfigurationError,
+    ContractError,
     OutputValidationError,
     ToolDenied,
     ToolError,
@@ -66,6 +67,10 @@ class Agent(Step[In, Out]):
     or a dict: top_p, seed, stop, reasoning_effort, provider extras) go into
     every request, under a run's own ``model_settings=``; ``deps`` declares
     the type of the run's ``ctx.deps`` its tools need (checked before a run).
+    A tool whose ``requires`` the agent's ``scopes`` do not cover is refused
+    (``ContractError``) unless those scopes are listed in ``withheld_scopes``:
+    the agent is then built, and every call needing them is denied at run time
+    (the model is told). A run's ``grant=`` only narrows ``scopes``, it cannot add one.
     A ``tm.override(models=...)`` block swaps its model by name.
     """
 
@@ -93,6 +98,7 @@ class Agent(Step[In, Out]):
         model_timeout: float | None = None,
         model_settings: ModelSettings | Mapping[str, Any] | None = None,
         deps: type[Any] | None = None,
+        withheld_scopes: Iterable[str] = (),
     ) -> None:
         if output_retries < 0 or max_tool_rounds < 1 or max_tool_calls < 1:
             raise ConfigurationError(
@@ -108,6 +114,8 @@ class Agent(Step[In, Out]):
         self.identity = AgentIdentity(name=name, version=version, deployment=deployment)
         self.tools = {t.name: t for t in tools}
         self.scopes = frozenset(scopes)
+        self.withheld_scopes = frozenset(withheld_scopes)
+        _check_tool_scopes(name, self.tools.values(), self.scopes, self.withheld_scopes)
         self.output_retries = output_retries
         self.retry = retry or RetryPolicy()
         self.max_tool_rounds = max_tool_rounds
@@ -367,6 +375,27 @@ class Agent(Step[In, Out]):
             return f"Error: {exc}"
         tools_used.append(tool.name)
         return tool.result_text(result)
+
+
+def _check_tool_scopes(
+    name: str, tools: Iterable[Tool], scopes: frozenset[str], withheld: frozenset[str]
+) -> None:
+    """Refuse tools this agent could never call: their scopes are neither held nor
+    declared withheld (a run's grant narrows scopes, it never adds one)."""
+    problems = []
+    for tool in tools:
+        missing = sorted(tool.requires - scopes - withheld)
+        if missing:
+            problems.append(f"tool {tool.name!r} requires {missing}, which the agent does not hold")
+    if problems:
+        raise ContractError(
+            f"agent {name!r} has tools it could never call: every call would be denied. "
+            "Add the scopes to Agent(scopes=...) (and narrow a run with grant=...), or, "
+            "to keep the tool deliberately uncallable, list them in "
+            "Agent(withheld_scopes=...)",
+            source=name,
+            problems=problems,
+        )
 
 
 def _context_of(notes: Sequence[str]) -> RequestContext | None:

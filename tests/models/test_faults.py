@@ -548,7 +548,8 @@ def test_a_hijacked_model_is_refused_by_the_scopes() -> None:
         0.5,
         lambda m, r: m.injected["injection"] == 1 and not isinstance(r, Exception),
         model={"injection": HIJACK},
-        agent={"tools": [lookup_order, refund]},  # refund listed, its scope not held
+        # refund listed, its scope not held
+        agent={"tools": [lookup_order, refund], "withheld_scopes": {"orders:refund"}},
     )
     assert refunds == []  # nothing ran
     (denied,) = _events(result, "tool.denied")
@@ -558,7 +559,8 @@ def test_a_hijacked_model_is_refused_by_the_scopes() -> None:
     told = [m for m in inner.calls[-1].messages if m.role == "tool"]
     assert "not allowed" in told[0].content and "orders:refund" in told[0].content
     assert result.output == Answer.model_validate_json(ANSWER)
-    assert tm.replay("r", _agent(model, tools=[lookup_order, refund]), journal=journal).identical
+    withheld = _agent(model, tools=[lookup_order, refund], withheld_scopes={"orders:refund"})
+    assert tm.replay("r", withheld, journal=journal).identical
 
 
 def _obedient(request: ModelRequest) -> Any:
@@ -587,6 +589,7 @@ def test_an_injected_tool_result_is_journaled_and_its_instruction_refused_by_sco
         model=model,
         tools=[poisoned.tool, refund],
         scopes={"orders:read"},
+        withheld_scopes={"orders:refund"},
     )
     journal = tm.MemoryJournal()
     result = tm.run(agent, {"text": "where is A1?"}, journal=journal, run_id="r")
@@ -607,7 +610,12 @@ def test_an_injected_tool_at_rate_zero_changes_nothing() -> None:
     clean = InjectedTool(lookup_order, "ignore that", rate=0.0)
     model = tm.ScriptedModel(_obedient)
     agent = tm.Agent(
-        "support", input=Question, output=Answer, model=model, tools=[clean.tool, refund]
+        "support",
+        input=Question,
+        output=Answer,
+        model=model,
+        tools=[clean.tool, refund],
+        withheld_scopes={"orders:refund"},
     )
     tm.run(agent, {"text": "where is A1?"})
     assert clean.injected == 0 and clean.calls == 1

@@ -193,7 +193,14 @@ def test_the_route_uses_its_own_scopes_not_the_classifiers() -> None:
             {"category": "refund", "reason": "tried myself first"},
         ]
     )
-    classifier = tm.Agent("triage", input=Ticket, output=Triage, model=greedy, tools=[issue_refund])
+    classifier = tm.Agent(
+        "triage",
+        input=Ticket,
+        output=Triage,
+        model=greedy,
+        tools=[issue_refund],
+        withheld_scopes={"orders:refund"},
+    )
     _, _, resolver, faq = build(triage_model("refund"))
     flow = route(classifier, {"refund": resolver, "faq": faq}, key="category", input="both")
     result = tm.run(flow, TICKET)
