@@ -69,13 +69,16 @@ from .errors import (
 )
 from .journal import Journal, MemoryJournal, SQLiteJournal, verify_run
 from .models.base import (
+    Denial,
     Message,
     Model,
     ModelRequest,
     ModelResponse,
     ModelSettings,
+    RequestContext,
     ToolCall,
     Usage,
+    WorkerInfo,
 )
 from .models.faults import FAULTS, Fault, FaultyModel, InjectedTool, Injection
 from .models.offline import SchemaModel, ScriptedModel
@@ -173,6 +176,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "CostReport",
     "DeadlineExceeded",
     "DegradedReport",
+    "Denial",
     "DepsError",
     "EffectKind",
     "Evaluation",
@@ -223,6 +227,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "Provenance",
     "ReconcileReport",
     "ReplayResult",
+    "RequestContext",
     "RetryPolicy",
     "Route",
     "Routed",
@@ -270,6 +275,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "VersionMismatch",
     "Versioned",
     "Violation",
+    "WorkerInfo",
     "WorkerResult",
     "abatch",
     "agent_tool",
