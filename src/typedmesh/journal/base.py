@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 from ..errors import LeaseHeld, LeaseLost, RunExists
 from .events import GENESIS_HASH, Event
@@ -285,6 +285,56 @@ class Journal(ABC):
         self.append(lease, events, blobs, signature=head.signature if head else None, ttl=0.0)
         status = head.status if head is not None else status_of(events)
         self.release(lease, "incomplete" if status == "running" else status)
+
+
+EVENT_COLUMNS = (
+    "run_id, seq, type, key, span_id, parent_span_id, path, agent, ts, payload, "
+    "prev_hash, hash, schema_version, refs"
+)
+"""The events table's columns, in the order ``events_from_rows`` reads them (SQL backends)."""
+
+
+def events_from_rows(rows: Sequence[Sequence[Any]], run_id: str) -> list[Event]:
+    """A SQL backend's event rows (``EVENT_COLUMNS``) as Events: a newer schema is
+    ``VersionMismatch``, an unreadable row ``JournalCorrupt``."""
+    import json
+
+    from ..errors import JournalCorrupt, VersionMismatch
+    from .events import JOURNAL_SCHEMA_VERSION
+
+    events = []
+    for row in rows:
+        if row[12] > JOURNAL_SCHEMA_VERSION:
+            raise VersionMismatch(
+                f"event {row[1]} of run {run_id!r} has schema {row[12]}; "
+                f"this typedmesh reads up to {JOURNAL_SCHEMA_VERSION}"
+            )
+        try:
+            events.append(
+                Event.from_texts(
+                    run_id=row[0],
+                    seq=row[1],
+                    type=row[2],
+                    key=row[3],
+                    span_id=row[4],
+                    parent_span_id=row[5],
+                    path=row[6],
+                    agent_json=row[7],
+                    ts=row[8],
+                    payload_json=row[9],
+                    prev_hash=row[10],
+                    hash=row[11],
+                    schema_version=row[12],
+                    refs=row[13],
+                )
+            )
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise JournalCorrupt(
+                f"event {row[1]} of run {run_id!r} is unreadable: {exc}",
+                run_id=run_id,
+                seq=row[1],
+            ) from exc
+    return events
 
 
 def status_of(events: Sequence[Event]) -> str:

@@ -53,6 +53,7 @@ from ..errors import (
 )
 from .base import (
     DEFAULT_LEASE_TTL,
+    EVENT_COLUMNS,
     Head,
     Journal,
     Lease,
@@ -60,10 +61,11 @@ from .base import (
     check_acquire,
     check_append,
     check_batch,
+    events_from_rows,
     lease_live,
     refuse_existing,
 )
-from .events import GENESIS_HASH, JOURNAL_SCHEMA_VERSION, Event
+from .events import GENESIS_HASH, Event
 from .sqlite import Durability
 
 if TYPE_CHECKING:
@@ -111,10 +113,7 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 
-_COLUMNS = (
-    "run_id, seq, type, key, span_id, parent_span_id, path, agent, ts, payload, "
-    "prev_hash, hash, schema_version, refs"
-)
+_COLUMNS = EVENT_COLUMNS
 _HEAD_COLUMNS = "run_id, head_seq, head_hash, head_sig, status, owner, token, expires_at, flow"
 
 
@@ -537,39 +536,7 @@ class PostgresJournal(Journal):
             ).fetchall()
         if not rows:
             raise RunNotFound(f"no run {run_id!r} in {self.label}", run_id=run_id)
-        events = []
-        for row in rows:
-            if row[12] > JOURNAL_SCHEMA_VERSION:
-                raise VersionMismatch(
-                    f"event {row[1]} of run {run_id!r} has schema {row[12]}; "
-                    f"this typedmesh reads up to {JOURNAL_SCHEMA_VERSION}"
-                )
-            try:
-                events.append(
-                    Event.from_texts(
-                        run_id=row[0],
-                        seq=row[1],
-                        type=row[2],
-                        key=row[3],
-                        span_id=row[4],
-                        parent_span_id=row[5],
-                        path=row[6],
-                        agent_json=row[7],
-                        ts=row[8],
-                        payload_json=row[9],
-                        prev_hash=row[10],
-                        hash=row[11],
-                        schema_version=row[12],
-                        refs=row[13],
-                    )
-                )
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise JournalCorrupt(
-                    f"event {row[1]} of run {run_id!r} is unreadable: {exc}",
-                    run_id=run_id,
-                    seq=row[1],
-                ) from exc
-        return events
+        return events_from_rows(rows, run_id)
 
     def blob(self, digest: str) -> bytes:
         with self._reading(f"read blob {digest}") as cur:

@@ -27,6 +27,7 @@ from typing import Literal
 from ..errors import JournalCorrupt, JournalError, RunNotFound, VersionMismatch
 from .base import (
     DEFAULT_LEASE_TTL,
+    EVENT_COLUMNS,
     Head,
     Journal,
     Lease,
@@ -34,6 +35,7 @@ from .base import (
     check_acquire,
     check_append,
     check_batch,
+    events_from_rows,
     lease_live,
     now,
     refuse_existing,
@@ -85,10 +87,7 @@ MIGRATIONS: list[str] = [
 BUSY_TIMEOUT_MS = 5000
 """How long a write waits for another connection's transaction before ``JournalError``."""
 
-_COLUMNS = (
-    "run_id, seq, type, key, span_id, parent_span_id, path, agent, ts, payload, "
-    "prev_hash, hash, schema_version, refs"
-)
+_COLUMNS = EVENT_COLUMNS
 _HEAD_COLUMNS = "run_id, head_seq, head_hash, head_sig, status, owner, token, expires_at, flow"
 
 
@@ -384,39 +383,7 @@ class SQLiteJournal(Journal):
             ).fetchall()
         if not rows:
             raise RunNotFound(f"no run {run_id!r} in {self.path}", run_id=run_id)
-        events = []
-        for row in rows:
-            if row[12] > JOURNAL_SCHEMA_VERSION:
-                raise VersionMismatch(
-                    f"event {row[1]} of run {run_id!r} has schema {row[12]}; "
-                    f"this typedmesh reads up to {JOURNAL_SCHEMA_VERSION}"
-                )
-            try:
-                events.append(
-                    Event.from_texts(
-                        run_id=row[0],
-                        seq=row[1],
-                        type=row[2],
-                        key=row[3],
-                        span_id=row[4],
-                        parent_span_id=row[5],
-                        path=row[6],
-                        agent_json=row[7],
-                        ts=row[8],
-                        payload_json=row[9],
-                        prev_hash=row[10],
-                        hash=row[11],
-                        schema_version=row[12],
-                        refs=row[13],
-                    )
-                )
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise JournalCorrupt(
-                    f"event {row[1]} of run {run_id!r} is unreadable: {exc}",
-                    run_id=run_id,
-                    seq=row[1],
-                ) from exc
-        return events
+        return events_from_rows(rows, run_id)
 
     def blob(self, digest: str) -> bytes:
         with self._reading(f"read blob {digest}") as db:
