@@ -370,34 +370,15 @@ def _notes(schema: dict[str, Any], given: Any, rng: random.Random) -> dict[str, 
 
 
 _NOTES_FIELD = "conflict_notes"  # patterns.conflicts.NOTES_FIELD (importing it is circular)
-_WORKER_LINE = re.compile(r"^- ([^:\s]+):")
-_INPUT_SCHEMA = " input schema "
-_OUTPUT_FIELDS = "; output fields:"
 
 
 def _briefed_workers(request: ModelRequest) -> dict[str, dict[str, Any]]:
-    """``{worker: input schema}`` from an orchestrate briefing in the request's system prompt."""
-    workers: dict[str, dict[str, Any]] = {}
-    decoder = json.JSONDecoder()
-    for message in request.messages:
-        if message.role != "system" or "Workers:" not in message.content:
-            continue
-        for line in message.content.splitlines():
-            head = _WORKER_LINE.match(line)
-            if head is None:
-                continue
-            at = line.find(_INPUT_SCHEMA)
-            while at >= 0:
-                start = at + len(_INPUT_SCHEMA)
-                try:
-                    schema, end = decoder.raw_decode(line, start)
-                except json.JSONDecodeError:
-                    schema, end = None, start
-                if isinstance(schema, dict) and line.startswith(_OUTPUT_FIELDS, end):
-                    workers[head.group(1)] = schema
-                    break
-                at = line.find(_INPUT_SCHEMA, start)
-    return workers
+    """``{worker: input schema}`` from the worker catalog the framework hands a planner
+    as data (``request.context.workers``), never from its prompt's prose."""
+    context = request.context
+    if context is None:
+        return {}
+    return {worker.name: worker.input_schema for worker in context.workers}
 
 
 # -- SloppyModel --------------------------------------------------------------
