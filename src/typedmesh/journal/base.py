@@ -294,6 +294,31 @@ EVENT_COLUMNS = (
 """The events table's columns, in the order ``events_from_rows`` reads them (SQL backends)."""
 
 
+def event_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    """Events as a SQL backend stores them: one tuple per event, in ``EVENT_COLUMNS`` order."""
+    import json
+
+    return [
+        (
+            e.run_id,
+            e.seq,
+            e.type,
+            e.key,
+            e.span_id,
+            e.parent_span_id,
+            e.path,
+            e.agent_json,
+            e.ts,
+            e.payload_json,
+            e.prev_hash,
+            e.hash,
+            e.schema_version,
+            None if e.refs is None else json.dumps(e.refs),
+        )
+        for e in events
+    ]
+
+
 def events_from_rows(rows: Sequence[Sequence[Any]], run_id: str) -> list[Event]:
     """A SQL backend's event rows (``EVENT_COLUMNS``) as Events: a newer schema is
     ``VersionMismatch``, an unreadable row ``JournalCorrupt``."""

@@ -32,7 +32,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
-import json
 import os
 import re
 import threading
@@ -61,6 +60,7 @@ from .base import (
     check_acquire,
     check_append,
     check_batch,
+    event_rows,
     events_from_rows,
     lease_live,
     refuse_existing,
@@ -456,25 +456,7 @@ class PostgresJournal(Journal):
                 self.release(renewed, release)
             return renewed
         check_batch(lease, events)  # the head is checked by the conditional UPDATE below
-        rows = [
-            (
-                e.run_id,
-                e.seq,
-                e.type,
-                e.key,
-                e.span_id,
-                e.parent_span_id,
-                e.path,
-                e.agent_json,
-                e.ts,
-                e.payload_json,
-                e.prev_hash,
-                e.hash,
-                e.schema_version,
-                None if e.refs is None else json.dumps(e.refs),
-            )
-            for e in events
-        ]
+        rows = event_rows(events)
         last = events[-1]
         with self._transaction(f"append to run {lease.run_id!r}", lease.run_id) as cur:
             row = cur.execute(

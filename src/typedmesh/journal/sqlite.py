@@ -15,7 +15,6 @@ lose: ``"off"`` may lose recent commits and, rarely, corrupt the file;
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -35,6 +34,7 @@ from .base import (
     check_acquire,
     check_append,
     check_batch,
+    event_rows,
     events_from_rows,
     lease_live,
     now,
@@ -290,25 +290,7 @@ class SQLiteJournal(Journal):
         ttl: float = DEFAULT_LEASE_TTL,
         release: str | None = None,
     ) -> Lease:
-        rows = [
-            (
-                e.run_id,
-                e.seq,
-                e.type,
-                e.key,
-                e.span_id,
-                e.parent_span_id,
-                e.path,
-                e.agent_json,
-                e.ts,
-                e.payload_json,
-                e.prev_hash,
-                e.hash,
-                e.schema_version,
-                None if e.refs is None else json.dumps(e.refs),
-            )
-            for e in events
-        ]
+        rows = event_rows(events)
         if not events:  # nothing to store: a heartbeat, refused to a lost lease
             renewed = self.renew(lease, ttl=ttl)
             if release is not None:
