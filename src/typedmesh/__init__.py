@@ -26,6 +26,7 @@ from .contracts import (
     PlanStep,
     Provenance,
     SynthesizedReport,
+    Text,
     WorkerResult,
 )
 from .errors import (
@@ -257,6 +258,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "StreamSink",
     "Summary",
     "SynthesizedReport",
+    "Text",
     "TokenDelta",
     "Tool",
     "ToolCall",

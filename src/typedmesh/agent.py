@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypedDict, TypeVar, Unpack, cast, overload
 
 from pydantic import BaseModel, ValidationError
 
-from .contracts import AgentIdentity, Intent, Provenance
+from .contracts import AgentIdentity, Intent, Provenance, Text, is_text
 from .decoding import OutputView, decode_json, output_view
 from .errors import (
     ConfigurationError,
@@ -52,6 +52,27 @@ In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
 
 
+class AgentOptions(TypedDict, total=False):
+    """``Agent``'s keyword options past its contract and model (see ``Agent``)."""
+
+    instructions: str
+    version: str
+    deployment: str
+    tools: Iterable[Tool]
+    scopes: Iterable[str]
+    output_retries: int
+    retry: RetryPolicy | None
+    max_tool_rounds: int
+    max_tool_calls: int
+    temperature: float | None
+    max_tokens: int | None
+    breaker: CircuitBreaker | None
+    model_timeout: float | None
+    model_settings: ModelSettings | Mapping[str, Any] | None
+    deps: type[Any] | None
+    withheld_scopes: Iterable[str]
+
+
 class Agent(Step[In, Out]):
     """A model-backed Step: ``Agent("bull", input=Task, output=Verdict, model=...)``.
 
@@ -76,12 +97,53 @@ class Agent(Step[In, Out]):
 
     kind = "agent"
 
+    @overload
     def __init__(
         self,
         name: str,
         *,
         input: type[In],
         output: type[Out],
+        model: str | Model | Sequence[str | Model],
+        **options: Unpack[AgentOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Agent[In, Text],
+        name: str,
+        *,
+        input: type[In],
+        output: type[str],
+        model: str | Model | Sequence[str | Model],
+        **options: Unpack[AgentOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Agent[Text, Out],
+        name: str,
+        *,
+        input: type[str],
+        output: type[Out],
+        model: str | Model | Sequence[str | Model],
+        **options: Unpack[AgentOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Agent[Text, Text],
+        name: str,
+        *,
+        input: type[str],
+        output: type[str],
+        model: str | Model | Sequence[str | Model],
+        **options: Unpack[AgentOptions],
+    ) -> None: ...
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        input: type[In] | type[str],
+        output: type[Out] | type[str],
         model: str | Model | Sequence[str | Model],
         instructions: str = "",
         version: str = "0.1.0",
@@ -104,12 +166,16 @@ class Agent(Step[In, Out]):
             raise ConfigurationError(
                 "output_retries must be >= 0, max_tool_rounds and max_tool_calls >= 1"
             )
+        self.text_input = input is str or is_text(input)
+        self.text_output = output is str or is_text(output)
         for label, tp in (("input", input), ("output", output)):
-            if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
-                raise ConfigurationError(f"agent {name!r}: {label} must be a pydantic model")
+            if tp is not str and not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+                raise ConfigurationError(
+                    f"agent {name!r}: {label} must be a pydantic model or str, got {tp!r}"
+                )
         self.name = name
-        self.input_type = input
-        self.output_type = output
+        self.input_type = cast(type[In], Text if input is str else input)
+        self.output_type = cast(type[Out], Text if output is str else output)
         self.instructions = instructions
         self.identity = AgentIdentity(name=name, version=version, deployment=deployment)
         self.tools = {t.name: t for t in tools}
@@ -147,8 +213,8 @@ class Agent(Step[In, Out]):
         self.model_timeout = model_timeout
         self.model_spec = spec
         self._model: Model | None = None if isinstance(spec, str) else spec
-        self.output_schema = model_facing_schema(output)
-        self._stamps = carries_provenance(output)
+        self.output_schema = None if self.text_output else model_facing_schema(self.output_type)
+        self._stamps = carries_provenance(self.output_type)
         self._tool_schemas = [t.schema for t in self.tools.values()]
 
     @property
@@ -183,7 +249,9 @@ class Agent(Step[In, Out]):
             parts.append(render_intent(intent))
         parts.extend(n.strip() for n in notes if n)
         parts.append(
-            f"Answer with one JSON object matching the {self.output_type.__name__} "
+            "Answer in plain text."
+            if self.text_output
+            else f"Answer with one JSON object matching the {self.output_type.__name__} "
             "schema, and nothing else."
         )
         return "\n\n".join(parts)
@@ -204,16 +272,22 @@ class Agent(Step[In, Out]):
         told = _context_of(notes)
         denials: list[Denial] = []
         view = output_view(gate)
-        output_schema = view.schema(self.output_schema) if view else self.output_schema
+        output_schema = (
+            view.schema(self.output_schema) if view and self.output_schema else self.output_schema
+        )
         input_json = input.model_dump_json()
         history = ctx.history if "/" not in ctx.path else None  # a session's root agent
         if history is not None and history.summary:
             notes = [*notes, history.note() or ""]
-        earlier = history.messages() if history is not None else []
+        earlier = (
+            history.messages(text_input=self.text_input, text_output=self.text_output)
+            if history is not None
+            else []
+        )
         messages = [
             Message(role="system", content=self.system_prompt(ctx.intent, notes)),
             *earlier,
-            Message(role="user", content=input_json),
+            Message(role="user", content=input.text if isinstance(input, Text) else input_json),
         ]
         settings = self.model_settings.merge(ctx.model_settings)
         raw_outputs: list[str] = []
@@ -285,7 +359,9 @@ class Agent(Step[In, Out]):
                         raw_outputs=raw_outputs,
                         errors=errors,
                     ) from exc
-                messages += _feedback(raw, "did not match the required schema", problems)
+                messages += _feedback(
+                    raw, "did not match the required schema", problems, self.text_output
+                )
                 if cascade is not None:
                     level, model = _escalate(ctx, cascade, level, "validation")
                 continue
@@ -315,7 +391,10 @@ class Agent(Step[In, Out]):
                             problems=problems,
                             output=output,
                         )
-                    messages += _feedback(raw, "is valid JSON but was rejected", problems)
+                    verdict = (
+                        "was rejected" if self.text_output else "is valid JSON but was rejected"
+                    )
+                    messages += _feedback(raw, verdict, problems, self.text_output)
                     if cascade is not None:
                         level, model = _escalate(ctx, cascade, level, "gate")
                     continue
@@ -330,6 +409,8 @@ class Agent(Step[In, Out]):
         text with no JSON object in it is invalid. A gate's ``OutputView``
         stamps what the framework holds into the answer before validation.
         """
+        if self.text_output:
+            return self.output_type.model_validate({"text": _plain_text(raw)})
         first: ValidationError | None = None
         if view is None:
             try:
@@ -445,16 +526,35 @@ def _invalid_json(model: type[BaseModel], raw: str, exc: json.JSONDecodeError) -
     )
 
 
-def _feedback(raw: str, verdict: str, problems: list[str]) -> list[Message]:
+def _feedback(raw: str, verdict: str, problems: list[str], text: bool = False) -> list[Message]:
     listing = "\n".join(f"- {p}" for p in problems)
+    ask = (
+        "Reply with the corrected answer only."
+        if text
+        else "Reply with a corrected JSON object only."
+    )
     return [
         Message(role="assistant", content=raw),
-        Message(
-            role="user",
-            content=f"Your last answer {verdict}:\n{listing}\n"
-            "Reply with a corrected JSON object only.",
-        ),
+        Message(role="user", content=f"Your last answer {verdict}:\n{listing}\n{ask}"),
     ]
+
+
+def _plain_text(raw: str) -> str:
+    """A plain-text answer, trimmed; blank is invalid (sent back like a schema error)."""
+    text = raw.strip()
+    if not text:
+        raise ValidationError.from_exception_data(
+            "Text",
+            [
+                {
+                    "type": "string_too_short",
+                    "loc": ("text",),
+                    "input": raw,
+                    "ctx": {"min_length": 1},
+                }
+            ],
+        )
+    return text
 
 
 def _digest(text: str) -> str:

@@ -49,7 +49,7 @@ from . import cli_batch as cb
 from . import cli_follow as cf
 from . import cli_journal as cj
 from . import cli_state as cs
-from .contracts import Intent
+from .contracts import Intent, Text, is_text
 from .errors import (
     InDoubtError,
     InputValidationError,
@@ -274,6 +274,25 @@ def _json_arg(text: str, option: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CommandLineError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _input_arg(text: str, flow: Step[Any, Any]) -> Any:
+    """``--input`` for ``flow``: JSON, or for a plain-text flow the text itself.
+
+    A flow whose input is ``Text`` (``input=str``) takes the option (or the
+    ``@file``) verbatim, unless it is a JSON object such as ``{"text": ...}``.
+    """
+    if not is_text(flow.input_type):
+        return _json_arg(text, "--input")
+    raw = _read_arg_file(text, "--input") if text.startswith("@") else text
+    if raw.lstrip().startswith("{"):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+        if isinstance(value, dict) and "text" in value:
+            return value
+    return raw
 
 
 def _intent_arg(text: str | None) -> Intent | None:
@@ -510,7 +529,10 @@ def _print_run(
     from .render import cost_line, model_notes, trace_tree, usage_table
 
     console.rule(title)
-    console.print(JSON(output.model_dump_json()))
+    if isinstance(output, Text):  # plain text is shown as text, not as {"text": ...}
+        console.print(output.text, markup=False, highlight=False)
+    else:
+        console.print(JSON(output.model_dump_json()))
     console.rule("trace")
     console.print(trace_tree(trace, model_notes(report) if report is not None else None))
     console.print(usage_table(trace, usage, report))
@@ -523,7 +545,12 @@ def _print_run(
 @app.command("run")
 def run_command(
     target: Annotated[str, typer.Argument(help="the flow, as MODULE:ATTR or path/file.py:ATTR")],
-    input: Annotated[str, typer.Option("--input", "-i", help="input JSON, or @file.json")],
+    input: Annotated[
+        str,
+        typer.Option(
+            "--input", "-i", help="input JSON, or @file.json (a plain-text flow: the text)"
+        ),
+    ],
     intent: Annotated[str | None, typer.Option(help="Intent JSON, or @file.json")] = None,
     as_json: JsonOpt = False,
     max_tokens: MaxTokensOpt = None,
@@ -556,9 +583,9 @@ def run_command(
         _model_timeout_arg(model_timeout)
         level = _durability_arg(durability)
         _deadline_arg(deadline)
-        data = _json_arg(input, "--input")
         run_intent = _intent_arg(intent)
         flow = load_step(target)
+        data = _input_arg(input, flow)
     run_id = run_id or uuid.uuid4().hex
     store: Journal | None = None
     if not no_journal:

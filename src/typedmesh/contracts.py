@@ -27,7 +27,9 @@ __all__ = [
     "PlanStep",
     "Provenance",
     "SynthesizedReport",
+    "Text",
     "WorkerResult",
+    "is_text",
 ]
 
 T = TypeVar("T", bound=BaseModel)
@@ -41,6 +43,27 @@ class AgentIdentity(BaseModel):
     name: str
     version: str = "0.1.0"
     deployment: str = "local"
+
+
+class Text(BaseModel):
+    """Plain text as a contract: what ``output=str`` (or ``input=str``) stands for.
+
+    An agent whose answer is prose, not a record, still hands off a typed value:
+    a ``Text`` is checked at every boundary like any model, journaled, replayed,
+    and streamed token by token. ``str(text)`` is the text itself.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def is_text(tp: object) -> bool:
+    """Whether a contract type is plain text (``Text`` itself: a subclass may add fields)."""
+    return tp is Text
 
 
 class Intent(BaseModel):

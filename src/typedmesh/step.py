@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
 
-from .contracts import AgentIdentity
+from .contracts import AgentIdentity, Text
 from .errors import ConfigurationError, ContractError, GateError
 
 if TYPE_CHECKING:
@@ -101,7 +101,10 @@ class FunctionStep(Step[In, Out]):
     """Deterministic code as a Step: enrich, score, format.
 
     The function takes the input model and, optionally, a ``ctx`` parameter
-    (the RunContext) for tools, the clock and random draws.
+    (the RunContext) for tools, the clock and random draws. ``str`` in place
+    of a model is plain text: the step's contract is ``Text``, the function
+    gets and returns the bare string. ``deps`` declares the type of the run's
+    ``ctx.deps`` it needs (checked before a run starts).
     """
 
     kind = "function"
@@ -114,14 +117,20 @@ class FunctionStep(Step[In, Out]):
         version: str = "0.1.0",
         scopes: set[str] | frozenset[str] = frozenset(),
         localns: dict[str, Any] | None = None,
+        deps: type[Any] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         self.identity = AgentIdentity(name=self.name, version=version)
         self.scopes = frozenset(scopes)
-        self.input_type, self.output_type, self._wants_ctx = _signature_types(
-            fn, self.name, localns
-        )
+        if deps is not None and not isinstance(deps, type):
+            raise ConfigurationError(f"step {self.name!r}: deps must be a class, got {deps!r}")
+        self.deps_type = deps
+        input_type, output_type, self._wants_ctx = _signature_types(fn, self.name, localns)
+        self._text_in = input_type is str
+        self._text_out = output_type is str
+        self.input_type = typing.cast("type[In]", Text if input_type is str else input_type)
+        self.output_type = typing.cast("type[Out]", Text if output_type is str else output_type)
         self._is_async = inspect.iscoroutinefunction(fn)
 
     @property
@@ -129,10 +138,13 @@ class FunctionStep(Step[In, Out]):
         return (inspect.getdoc(self.fn) or "").split("\n")[0]
 
     async def invoke(self, input: In, ctx: RunContext) -> Out:
-        args: tuple[Any, ...] = (input, ctx) if self._wants_ctx else (input,)
+        given: Any = input.text if self._text_in and isinstance(input, Text) else input
+        args: tuple[Any, ...] = (given, ctx) if self._wants_ctx else (given,)
         result = await self.fn(*args) if self._is_async else self.fn(*args)
         if type(result) is self.output_type:
             return result
+        if self._text_out and isinstance(result, str):
+            return self.output_type.model_validate({"text": result})
         return self.output_type.model_validate(result)
 
 
@@ -149,9 +161,9 @@ def _signature_types(
     input_type = hints.get(params[0].name)
     output_type = hints.get("return")
     for label, tp in (("input", input_type), ("return", output_type)):
-        if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        if tp is not str and not (isinstance(tp, type) and issubclass(tp, BaseModel)):
             raise ContractError(
-                f"step {name!r}: its {label} annotation must be a pydantic model, got {tp!r}"
+                f"step {name!r}: its {label} annotation must be a pydantic model or str, got {tp!r}"
             )
     if len(params) > 2:
         raise ContractError(f"step {name!r} takes (input) or (input, ctx), not {len(params)} args")
@@ -164,11 +176,24 @@ def step(fn: Callable[[In], Out | Awaitable[Out]], /) -> FunctionStep[In, Out]: 
 @overload
 def step(fn: Callable[[In, RunContext], Out | Awaitable[Out]], /) -> FunctionStep[In, Out]: ...
 @overload
+def step(fn: Callable[[In], str | Awaitable[str]], /) -> FunctionStep[In, Text]: ...
+@overload
+def step(fn: Callable[[In, RunContext], str | Awaitable[str]], /) -> FunctionStep[In, Text]: ...
+@overload
+def step(fn: Callable[[str], Out | Awaitable[Out]], /) -> FunctionStep[Text, Out]: ...
+@overload
+def step(fn: Callable[[str, RunContext], Out | Awaitable[Out]], /) -> FunctionStep[Text, Out]: ...
+@overload
+def step(fn: Callable[[str], str | Awaitable[str]], /) -> FunctionStep[Text, Text]: ...
+@overload
+def step(fn: Callable[[str, RunContext], str | Awaitable[str]], /) -> FunctionStep[Text, Text]: ...
+@overload
 def step(
     *,
     name: str | None = None,
     version: str = "0.1.0",
     scopes: set[str] | frozenset[str] = frozenset(),
+    deps: type[Any] | None = None,
 ) -> Callable[[Callable[..., Any]], FunctionStep[Any, Any]]: ...
 
 
@@ -179,10 +204,12 @@ def step(
     name: str | None = None,
     version: str = "0.1.0",
     scopes: set[str] | frozenset[str] = frozenset(),
+    deps: type[Any] | None = None,
 ) -> Any:
     """Turn a typed function ``(In[, ctx]) -> Out`` (sync or async) into a Step.
 
-    Use bare (``@tm.step``) or with options (``@tm.step(name="enrich")``).
+    Use bare (``@tm.step``) or with options (``@tm.step(name="enrich", deps=Db)``).
+    ``str`` for ``In`` or ``Out`` makes that side plain ``Text``.
     """
     # the caller's locals resolve models defined inside a function body
     localns = dict(sys._getframe(1).f_locals)
@@ -198,6 +225,7 @@ def step(
             version=version,
             scopes=scopes,
             localns={**localns, **sys._getframe(1).f_locals},
+            deps=deps,
         )
 
     return decorate

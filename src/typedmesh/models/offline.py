@@ -11,6 +11,7 @@ fence, raw newlines inside JSON strings.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import json
@@ -26,6 +27,7 @@ from pydantic_core import to_json
 from ..errors import ConfigurationError, ModelError, ScriptExhausted
 from ._schema_values import WORDS, UnsatisfiableSchema, ValueGenerator
 from .base import Model, ModelRequest, ModelResponse, ToolCall, Usage
+from .streaming import emit_delta, listening, wants_deltas
 
 __all__ = [
     "SchemaModel",
@@ -130,6 +132,22 @@ def _check_item(item: object, *, responder: bool = False) -> None:
     )
 
 
+_PIECES = re.compile(r"\s*\S+")
+
+
+async def stream_offline(content: str | None) -> None:
+    """Hand an offline answer to whoever listens, a word at a time, as a provider
+    streams it (nothing when nobody listens); the response itself is unchanged."""
+    if not content or not wants_deltas():
+        return
+    end = 0
+    for match in _PIECES.finditer(content):
+        emit_delta(match.group())
+        end = match.end()
+        await asyncio.sleep(0)  # let a consumer see each piece as it comes
+    emit_delta(content[end:])
+
+
 def _is_responder(item: object) -> bool:
     """A function among a script's entries (an exception class is an answer, not one)."""
     if isinstance(item, type) and issubclass(item, BaseException):
@@ -213,7 +231,9 @@ class ScriptedModel:
             self._position += 1
             if _is_responder(item):
                 item = await _respond(item, request)
-        return self._play(item, request)
+        response = self._play(item, request)
+        await stream_offline(response.content)
+        return response
 
     def _exhausted_message(self, request: ModelRequest) -> str:
         last = request.messages[-1].content if request.messages else ""
@@ -322,6 +342,7 @@ class SchemaModel:
             content = json.dumps(value)
         response = ModelResponse(content=content, model=self.name)
         response.usage = _usage(request, response)
+        await stream_offline(content)
         return response
 
     def _fit_gates(self, request: ModelRequest, value: Any, rng: random.Random) -> Any:
@@ -465,7 +486,13 @@ class SloppyModel:
         return f"SloppyModel({self.inner!r}, seed={self.seed}, rate={self.rate})"
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
-        response = await self.inner.generate(request)
+        with listening(None):  # a listener hears the sloppy text, not the clean one
+            response = await self.inner.generate(request)
+        sloppy = self._sloppy(request, response)
+        await stream_offline(sloppy.content)
+        return sloppy
+
+    def _sloppy(self, request: ModelRequest, response: ModelResponse) -> ModelResponse:
         if response.tool_calls or not response.content:
             return response
         try:

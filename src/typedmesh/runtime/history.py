@@ -79,12 +79,16 @@ class History(BaseModel):
     turns: list[Turn] = Field(default_factory=list)
     summary: str | None = None
 
-    def messages(self) -> list[Message]:
-        """The window as chat messages: each turn's input (user) and output (assistant), as JSON."""
+    def messages(self, *, text_input: bool = False, text_output: bool = False) -> list[Message]:
+        """The window as chat messages: each turn's input (user) and output (assistant).
+
+        Each is the text the agent sent or got: JSON, or for a plain-text side
+        (``input=str`` / ``output=str``) the text itself.
+        """
         out: list[Message] = []
         for turn in self.turns:
-            out.append(Message(role="user", content=_json(turn.input)))
-            out.append(Message(role="assistant", content=_json(turn.output)))
+            out.append(Message(role="user", content=_content(turn.input, text_input)))
+            out.append(Message(role="assistant", content=_content(turn.output, text_output)))
         return out
 
     def note(self) -> str | None:
@@ -101,6 +105,12 @@ class SessionTurn:
 
     record: dict[str, Any]
     history: History
+
+
+def _content(data: dict[str, Any], text: bool) -> str:
+    if text and isinstance(data.get("text"), str):
+        return str(data["text"])
+    return _json(data)
 
 
 def _json(data: dict[str, Any]) -> str:

@@ -155,6 +155,7 @@ async def aresume(
     needs deps of the type it recorded (``DepsError`` otherwise). The model
     settings and a session turn's history are the recorded ones.
     """
+    _check_run_args("resume", run_id, flow)
     store = open_journal(journal, must_exist=True, durability=durability)
     before = store.head(run_id)  # its status stays if this resume is refused
     status = before.status if before.status != "running" else "incomplete"
@@ -273,6 +274,7 @@ async def areplay(
     ``deps`` may be left out when no step reads ``ctx.deps`` itself (tools
     are served from the journal); given, they must be of the recorded type.
     """
+    _check_run_args("replay", run_id, flow)
     store = open_journal(journal, readonly=not isinstance(journal, Journal))
     try:
         events = verified_events(store, run_id)
@@ -382,3 +384,18 @@ def replay(
 ) -> ReplayResult[Out]:
     """Synchronous twin of ``areplay``."""
     return run_sync(areplay(run_id, flow, journal=journal, swap=swap, state=state, deps=deps))
+
+
+def _check_run_args(what: str, run_id: object, flow: object) -> None:
+    """``resume``/``replay`` take ``(run_id, flow)``: say so when they come swapped."""
+    if isinstance(run_id, str) and isinstance(flow, Step):
+        return
+    if isinstance(run_id, Step) and isinstance(flow, str):
+        raise ConfigurationError(
+            f"{what}(run_id, flow): the arguments are swapped; "
+            f"call {what}({flow!r}, {run_id.name}, ...)"
+        )
+    raise ConfigurationError(
+        f"{what}(run_id, flow) needs a run id (str) and a Step, "
+        f"got {type(run_id).__name__} and {type(flow).__name__}"
+    )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from ..contracts import Intent
+from ..contracts import Intent, is_text
 from ..errors import (
     ConfigurationError,
     DeadlineExceeded,
@@ -93,6 +93,8 @@ def coerce_input(flow: Step[In, Any], value: Any) -> In:
     try:
         if type(value) is expected:
             validated = value
+        elif isinstance(value, str) and is_text(expected):  # a plain-text flow takes the text
+            validated = expected.model_validate({"text": value})
         elif isinstance(value, BaseModel):
             validated = expected.model_validate(value.model_dump())
         elif isinstance(value, str | bytes):
