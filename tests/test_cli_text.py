@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from test_cli import typedmesh
 
 FLOW = textwrap.dedent("""
@@ -44,9 +45,7 @@ def test_a_text_flow_takes_the_input_verbatim_and_prints_text(text_flow: Path) -
     assert '"text"' not in done.stdout  # shown as text, not as {"text": ...}
 
 
-def test_text_input_from_a_file_keeps_newlines_and_braces(
-    text_flow: Path, tmp_path: Path
-) -> None:
+def test_text_input_from_a_file_keeps_newlines_and_braces(text_flow: Path, tmp_path: Path) -> None:
     note = tmp_path / "note.txt"
     note.write_text("line one\n{not json}\n", encoding="utf-8")
     done = typedmesh("run", f"{text_flow}:echo", "--input", f"@{note}", "--json")
