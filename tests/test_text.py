@@ -237,3 +237,30 @@ def test_agent_overloads_type_text_sides(tmp_path: Path) -> None:
     )
     errors = [line for line in out.stdout.splitlines() if ": error:" in line]
     assert [int(line.split(":")[1]) for line in errors] == [13, 14, 14], out.stdout
+
+
+def test_the_docs_example_runs_as_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "text.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S)
+    shown = re.search(r"Its output.*?```text\n(.*?)```", doc, re.S)
+    assert code is not None and shown is not None
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.group(1), "docs/text.md", "exec"), {"__name__": "__main__"})
+    assert capsys.readouterr().out == shown.group(1)
+
+
+def test_routing_on_a_text_answer_sends_an_unknown_route_back() -> None:
+    classifier, seen = recording(["Weather", " Refund \n"])
+    triage = tm.Agent("triage", input=Ticket, output=str, model=classifier)
+    refunds = tm.Agent("refunds", input=str, output=str, model=tm.ScriptedModel(["refunded"]))
+    faq = tm.Agent("faq", input=str, output=str, model=tm.ScriptedModel(["see the FAQ"]))
+    flow = tm.route(triage, routes={"refund": refunds, "faq": faq}, key=lambda t: t.text.lower())
+
+    result = tm.run(flow, Ticket(subject="broken", body="money back"))
+
+    assert result.output.route == "refund" and result.output.output == tm.Text(text="refunded")
+    assert "weather" in seen[1].messages[-1].content.lower()  # told which key was unknown

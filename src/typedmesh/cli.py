@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -98,6 +99,14 @@ DurabilityOpt = Annotated[
         "--durability",
         help="fsync level of the journal: off, normal or full (docs/durability.md: what a "
         "power failure may lose at each)",
+    ),
+]
+DepsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--deps",
+        metavar="MODULE:ATTR",
+        help="the run's deps: an object, or a function or class called with no arguments",
     ),
 ]
 DeadlineOpt = Annotated[
@@ -274,6 +283,19 @@ def _json_arg(text: str, option: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CommandLineError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _deps_arg(spec: str | None) -> Any:
+    """The deps ``--deps`` names: the object itself, or what its factory returns."""
+    if spec is None:
+        return None
+    found = load_target(spec)
+    if not (inspect.isfunction(found) or inspect.ismethod(found) or isinstance(found, type)):
+        return found
+    try:
+        return found()
+    except Exception as exc:  # the user's factory failed: say where, no traceback
+        raise _load_failed(f"the deps from {spec}", exc) from None
 
 
 def _input_arg(text: str, flow: Step[Any, Any]) -> Any:
@@ -565,6 +587,7 @@ def run_command(
     durability: DurabilityOpt = "normal",
     deadline: DeadlineOpt = None,
     state_url: cs.RunStoreOpt = None,
+    deps: DepsOpt = None,
     follow: Annotated[
         bool,
         typer.Option(
@@ -586,6 +609,7 @@ def run_command(
         run_intent = _intent_arg(intent)
         flow = load_step(target)
         data = _input_arg(input, flow)
+        run_deps = _deps_arg(deps)
     run_id = run_id or uuid.uuid4().hex
     store: Journal | None = None
     if not no_journal:
@@ -621,6 +645,7 @@ def run_command(
                 deadline=deadline,
                 durability=level,
                 state=state,
+                deps=run_deps,
             )
         )
     except InputValidationError as exc:
@@ -837,6 +862,7 @@ def resume_command(
     durability: DurabilityOpt = "normal",
     deadline: DeadlineOpt = None,
     state_url: cs.RunStoreOpt = None,
+    deps: DepsOpt = None,
 ) -> None:
     """Continue a run from its journal without repeating any journaled effect.
 
@@ -859,6 +885,8 @@ def resume_command(
         run_id = resolve_run_id(store, run_id)
         finished = store.read(run_id)[-1].type == "run.finished"
         step = _flow_for(journal, run_id, flow)
+        with _user_errors(as_json):
+            run_deps = _deps_arg(deps)
         state = None if state_url is None else cs.open_for_run(state_url, as_json)
         try:
             result = asyncio.run(
@@ -871,6 +899,7 @@ def resume_command(
                     deadline=deadline,
                     durability=level,
                     state=state,
+                    deps=run_deps,
                 )
             )
         except InDoubtError as exc:
@@ -956,8 +985,12 @@ def replay_command(
     ] = None,
     journal: JournalOpt = DEFAULT_JOURNAL,
     as_json: JsonOpt = False,
+    deps: DepsOpt = None,
 ) -> None:
-    """Replay a run from its journal: strictly, or what-if with steps swapped."""
+    """Replay a run from its journal: strictly, or what-if with steps swapped.
+
+    ``--deps`` is needed only when a function step reads ``ctx.deps`` itself
+    (tools are served from the journal)."""
     from .runtime.replay import areplay
 
     swaps: dict[str, Step[Any, Any]] = {}
@@ -967,12 +1000,15 @@ def replay_command(
             if not sep or not name or not spec:
                 raise CommandLineError(f"--swap expects NAME=MODULE:ATTR, got {item!r}")
             swaps[name] = load_step(spec)
+        run_deps = _deps_arg(deps)
     with _journal(journal, as_json) as store:
         run_id = resolve_run_id(store, run_id)
         store.read(run_id)
         step = _flow_for(journal, run_id, flow)
         try:
-            result = asyncio.run(areplay(run_id, step, journal=store, swap=swaps or None))
+            result = asyncio.run(
+                areplay(run_id, step, journal=store, swap=swaps or None, deps=run_deps)
+            )
         except NonDeterminismError as exc:
             _nondeterminism(exc, store, run_id, as_json)
         except RunError as exc:

@@ -226,13 +226,20 @@ class ModelRequest(BaseModel):
         history (as an Agent sends it).
 
         Handy for offline ``ScriptedModel`` functions that answer from the input.
+        A plain-text input (``input=str``) is sent as the text itself and comes
+        back as ``{"text": ...}``, the fields of ``tm.Text``.
         """
         import json
 
         rest = [m for m in self.messages if m.role != "system"][self.history :]
         first = next((m for m in rest if m.role == "user"), None)
-        data = json.loads(first.content) if first is not None else {}
-        return data if isinstance(data, dict) else {"input": data}
+        if first is None:
+            return {}
+        try:
+            data = json.loads(first.content)
+        except json.JSONDecodeError:
+            return {"text": first.content}
+        return data if isinstance(data, dict) else {"text": first.content}
 
 
 class Usage(BaseModel):
