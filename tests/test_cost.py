@@ -428,6 +428,27 @@ def test_cascade_escalation_rate_and_saving_by_hand() -> None:
     assert document["saving_pct"] == pytest.approx(73.111111, abs=1e-6)
 
 
+def test_a_cascade_that_never_escalated_is_counted_with_its_full_saving() -> None:
+    """Every answer is journaled (cascade.answered), so 0 escalations still shows."""
+    writer = agent(
+        "writer",
+        tm.Cascade(
+            tm.ScriptedModel(lambda r: answer({"code": "x"}, 1000, 100), name="gpt-4o-mini"),
+            tm.ScriptedModel(lambda r: answer({"code": "y"}, 1000, 100), name="gpt-4o"),
+        ),
+        input=Spec,
+        output=Draft,
+    )
+    result, report = journaled(writer, {"spec": "f"})
+    check_exact(report, result)
+    [cascade] = report.cascades
+    assert cascade.models == ("gpt-4o-mini", "gpt-4o")
+    assert (cascade.answers, cascade.escalated_answers, cascade.escalations) == (1, 0, 0)
+    assert cascade.spend.cost_pusd == 210_000_000  # 1000 x $0.15 + 100 x $0.60
+    assert cascade.all_on_top_pusd == 3_500_000_000  # 1000 x $2.50 + 100 x $10
+    assert cascade.saved_pusd == 3_290_000_000
+
+
 def test_a_cascade_to_an_unpriced_model_has_no_saving() -> None:
     _, report = journaled(cascade_loop(top="house-llm"), {"spec": "f"})
     [cascade] = report.cascades

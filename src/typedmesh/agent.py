@@ -398,6 +398,13 @@ class Agent(Step[In, Out]):
                     if cascade is not None:
                         level, model = _escalate(ctx, cascade, level, "gate")
                     continue
+            if cascade is not None:  # every answer, escalated or not: the cost report counts them
+                ctx.record(
+                    "cascade.answered",
+                    models=[m.name for m in cascade.models],
+                    level=level,
+                    model=model.name,
+                )
             return output
 
     def _decode(self, raw: str, view: OutputView | None, ctx: RunContext) -> Out:

@@ -549,7 +549,7 @@ def plan_and_execute_table(plan: PlanAndExecute, places: int | None = None) -> G
 
 
 def cascade_table(cascades: Iterable[CascadeCost], places: int | None = None) -> Table:
-    """Each escalating cascade: its escalation rate, cost, and saving against its top model."""
+    """Each cascade: its escalation rate, cost, and saving against its top model."""
     cascades = list(cascades)
     if places is None:
         places = places_of(

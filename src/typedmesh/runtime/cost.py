@@ -26,12 +26,11 @@ And two comparisons, made from the same token counts:
 - plan-and-execute, for each ``orchestrate`` node: what it cost, against every
   call of its workers and synthesizer priced at the planner's model (the
   model of the planner's last call: the one whose plan was accepted);
-- cascades, for each agent whose ``tm.Cascade`` escalated: answers, escalated
+- cascades, for each agent served by a ``tm.Cascade``: answers, escalated
   answers (the escalation rate), and the cost against every one of its calls
-  priced at the top model it escalated to. A cascade leaves a mark in the
-  journal only when it escalates (``model.escalated``), so an agent whose
-  cascade never escalated in the run is not listed; every invocation of an
-  agent that escalated at least once is one of its answers.
+  priced at the cascade's top model. Each accepted answer is journaled
+  (``cascade.answered``, naming the models), so a cascade that never had to
+  escalate is listed too, with its full saving.
 """
 
 from __future__ import annotations
@@ -341,7 +340,7 @@ class CascadeCost:
 
     agent: str
     models: tuple[str, ...]
-    """The cascade's models as its escalations showed them, cheapest first."""
+    """The cascade's models, cheapest first."""
     answers: int
     """Invocations of the agent (each ends in one answer, or fails)."""
     escalated_answers: int
@@ -630,20 +629,37 @@ def _chain(edges: list[tuple[str, str]]) -> tuple[str, ...]:
     return tuple(chain)
 
 
+_CASCADE_EVENTS = frozenset({"cascade.answered", "model.escalated"})
+
+
 def _cascades(
     root: TraceNode, tree: NodeCost, by_node: dict[str, list[CallCost]]
 ) -> Iterator[CascadeCost]:
-    """One entry per agent whose cascade escalated at least once in the run."""
+    """One entry per agent with a cascade that answered or escalated in the run.
+
+    ``cascade.answered`` (one per accepted answer) names the cascade's models;
+    a journal from before it existed shows only escalations (``model.escalated``),
+    and the models are pieced together from them."""
     agents = {n.path: n.agent for n in tree.walk()}
-    escalated: dict[str, list[TraceNode]] = {}
+    seen: dict[str, list[TraceNode]] = {}
     for node in root.walk():
-        if any(e.get("event") == "model.escalated" for e in node.events):
-            escalated.setdefault(agents[node.path], []).append(node)
-    for agent, marked in escalated.items():
+        if any(e.get("event") in _CASCADE_EVENTS for e in node.events):
+            seen.setdefault(agents[node.path], []).append(node)
+    for agent, nodes in seen.items():
         answers = [n for n in root.walk() if agents[n.path] == agent and by_node.get(n.path)]
+        marked = [n for n in nodes if any(e.get("event") == "model.escalated" for e in n.events)]
         events = [e for n in marked for e in n.events if e.get("event") == "model.escalated"]
         edges = [(str(e.get("from_model", "")), str(e.get("to_model", ""))) for e in events]
-        models = _chain(edges)
+        named = next(
+            (
+                tuple(str(m) for m in e["models"])
+                for n in nodes
+                for e in n.events
+                if e.get("event") == "cascade.answered" and e.get("models")
+            ),
+            None,
+        )
+        models = named or _chain(edges)
         calls = [c for n in answers for c in by_node.get(n.path, [])]
         yield CascadeCost(
             agent=agent,
