@@ -111,3 +111,17 @@ def test_offline_and_unpriced_models_are_labelled(flow_file: Path, tmp_path: Pat
     assert "$0.000000" not in flat and "0.000000" not in flat
     trace = runner.invoke(app, ["trace", "local1", "--journal", journal])
     assert "unpriced" in trace.output and "$0.000000" not in trace.output
+
+
+def test_a_run_without_a_journal_is_labelled_the_same(flow_file: Path) -> None:
+    for attr, expected in (
+        ("flow", "cost: $0.000450 (gpt-4o: offline, priced as gpt-4o)"),
+        ("unpriced", "cost: unpriced"),
+    ):
+        result = runner.invoke(
+            app, ["run", f"friction_flow.py:{attr}", "-i", '{"text": "hi"}', "--no-journal"]
+        )
+        assert result.exit_code == 0, result.output
+        flat = " ".join(result.output.split())
+        assert expected in flat and "0.000000" not in flat
+        assert "next:" not in flat and "journal:" not in flat

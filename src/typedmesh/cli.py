@@ -659,7 +659,9 @@ def run_command(
     except Exception as exc:  # a user step raised and the runtime did not wrap it
         _step_raised(exc, as_json, run_id=run_id, store=store, footer=footer)
     else:
-        report = _run_cost(store, result.run_id) if store is not None and not as_json else None
+        report = None
+        if not as_json:  # from the journal; or, with --no-journal, from the run itself
+            report = _run_cost(store, result.run_id) if store is not None else result.cost()
     finally:
         state.close()
         if store is not None:

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -45,10 +45,11 @@ from .context import RunContext, RunState, invoke_traced
 from .deps import check_deps
 from .effects import Suspend
 from .executor import Executor
-from .trace import TraceNode
+from .trace import EffectCall, TraceNode
 
 if TYPE_CHECKING:
     from ..journal.base import Journal
+    from .cost import CostReport
     from .history import SessionTurn
 
 __all__ = ["RunResult", "arun", "run"]
@@ -73,6 +74,15 @@ class RunResult(Generic[Out]):
     trace: TraceNode
     intent: Intent | None = None
     journal: str | None = None
+    calls: tuple[EffectCall, ...] = field(default=(), repr=False)
+    """Every model call, priced when it was made (what ``cost()`` attributes)."""
+
+    def cost(self) -> CostReport:
+        """The run's cost report, as ``tm.run_cost`` gives it from a journal (a run
+        without a journal has one too)."""
+        from .cost import cost_report
+
+        return cost_report(self.trace, self.calls, self.run_id)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view, as ``typedmesh run --json`` prints it."""
@@ -199,6 +209,7 @@ async def drive(
         trace=root,
         intent=intent,
         journal=journal_name,
+        calls=tuple(state.reducer.calls),
     )
 
 
