@@ -27,6 +27,7 @@ NAMES = [
     "batch_reviews",
     "triage_route",
     "triage",
+    "release_notes",
 ]
 
 Loader = Callable[[str], ModuleType]
@@ -346,7 +347,11 @@ def test_every_example_runs_the_same_on_a_sloppy_model(load: Loader, name: str) 
     assert events_of(sloppy, "output.invalid") == []
     assert events_of(sloppy, "output.gate_failed") == []
     repaired = events_of(sloppy, "output.repaired")
-    answered = {n.name for n in sloppy.trace.walk() if n.kind == "agent" and n.status == "ok"}
+    answered = {  # a plain-text answer has no JSON to make sloppy, nothing to repair
+        n.name
+        for n in sloppy.trace.walk()
+        if n.kind == "agent" and n.status == "ok" and not isinstance(n.output, tm.Text)
+    }
     assert {node for node, _ in repaired} == answered
     assert all("code fence" in e["repairs"] for _, e in repaired)
 
@@ -421,3 +426,33 @@ def test_typedmesh_model_switches_every_agent(
     assert agents
     assert all(a.model_spec == "openai:gpt-4o-mini" for a in agents)
     assert isinstance(module.example_input, module.flow.input_type)
+
+
+# -- release_notes ----------------------------------------------------------------------
+
+
+def test_release_notes_prose_is_checked_by_code_and_revised(load: Loader) -> None:
+    ex = load("release_notes")
+    result = run_example(ex)
+    outcome = result.output
+    assert outcome.passed and outcome.rounds == 2
+    assert [e.feedback for e in outcome.evaluations] == ["mention 'text'", "all changes covered"]
+    assert isinstance(outcome.output, tm.Text)
+    assert all(c.key in outcome.output.text for c in ex.example_input.changes)
+    model = ex.writer.model
+    assert isinstance(model, tm.ScriptedModel)
+    assert all(call.output_schema is None for call in model.calls)  # no JSON mode asked
+    revision = json.loads(model.calls[1].messages[-1].content)
+    assert revision["feedback"] == "mention 'text'"
+    assert revision["previous_draft"]["text"].startswith("Version 2.3.0 is out.")
+
+
+def test_release_notes_streams_the_prose_as_written(
+    load: Loader, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ex = load("release_notes")
+    ex.main(["--stream"])
+    out = capsys.readouterr().out
+    first, rest = out.split("--- checker[1] ---", 1)
+    assert first.startswith("--- writer[1], as it writes ---\nVersion 2.3.0 is out.")
+    assert "- text:" not in first and "- text:" in rest.split("--- checker[2] ---")[0]

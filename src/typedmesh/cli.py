@@ -548,7 +548,7 @@ def _run_cost(store: Journal, run_id: str) -> CostReport | None:
 def _print_run(
     title: str, output: Any, trace: TraceNode, usage: Usage, report: CostReport | None = None
 ) -> None:
-    from .render import cost_line, model_notes, trace_tree, usage_table
+    from .render import cost_line, model_notes, tokens_text, trace_tree, usage_table
 
     console.rule(title)
     if isinstance(output, Text):  # plain text is shown as text, not as {"text": ...}
@@ -560,7 +560,7 @@ def _print_run(
     console.print(usage_table(trace, usage, report))
     console.print(
         f"[bold]cost:[/] {escape(cost_line(usage, report))}   [bold]tokens:[/] "
-        f"{usage.total_tokens}   [bold]model calls:[/] {usage.model_calls}"
+        f"{tokens_text(usage)}   [bold]model calls:[/] {usage.model_calls}"
     )
 
 
@@ -712,14 +712,14 @@ def trace_command(
             print(json.dumps(trace_to_dict(root, step_outputs(events, store)), default=str))
             return
         report = _run_cost(store, run_id)
-    from .render import cost_line, model_notes, trace_tree
+    from .render import cost_line, model_notes, tokens_text, trace_tree
 
     status = cj.run_status(events)
     console.rule(f"[bold]{escape(root.name)}[/] run {escape(run_id)}  {status}")
     console.print(trace_tree(root, model_notes(report) if report is not None else None))
     usage = root.total_usage()
     console.print(
-        f"[bold]events:[/] {len(events)}   [bold]tokens:[/] {usage.total_tokens}   "
+        f"[bold]events:[/] {len(events)}   [bold]tokens:[/] {tokens_text(usage)}   "
         f"[bold]cost:[/] {escape(cost_line(usage, report))}"
     )
 

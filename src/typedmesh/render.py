@@ -45,6 +45,7 @@ __all__ = [
     "plan_and_execute_line",
     "plan_and_execute_table",
     "runs_table",
+    "tokens_text",
     "trace_tree",
     "usage_by_agent",
     "usage_table",
@@ -265,6 +266,18 @@ def usage_table(root: TraceNode, total: Usage, report: CostReport | None = None)
         ),
     )
     return Group(table)
+
+
+def tokens_text(usage: Usage) -> str:
+    """``1234``, or ``~1234 (2 calls estimated: no usage reported)`` when a provider
+    left usage out and the framework counted the text instead."""
+    if not usage.estimated_calls:
+        return str(usage.total_tokens)
+    calls = "call" if usage.estimated_calls == 1 else "calls"
+    return (
+        f"~{usage.total_tokens} ({usage.estimated_calls} {calls} estimated: "
+        "the provider reported no usage)"
+    )
 
 
 def cost_line(total: Usage, report: CostReport | None = None) -> str:

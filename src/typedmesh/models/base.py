@@ -250,6 +250,9 @@ class Usage(BaseModel):
     model_calls: int = 0
     tool_calls: int = 0
     cost_usd: float = 0.0
+    estimated_calls: int = 0
+    """Model calls whose provider reported no usage: their tokens are estimated
+    from the text (about four characters a token), so budgets and costs still count them."""
 
     @property
     def total_tokens(self) -> int:
@@ -262,6 +265,7 @@ class Usage(BaseModel):
             model_calls=self.model_calls + other.model_calls,
             tool_calls=self.tool_calls + other.tool_calls,
             cost_usd=self.cost_usd + other.cost_usd,
+            estimated_calls=self.estimated_calls + other.estimated_calls,
         )
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import InDoubtError, ModelError, StepFailed, ToolError, TransientModelError
 from ..journal.events import Event, digest, dumps
-from ..models.base import ModelRequest, ModelResponse
+from ..models.base import ModelRequest, ModelResponse, Usage
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -193,13 +193,8 @@ class ModelKind(EffectKind):
 
     def record_result(self, result: Any) -> tuple[dict[str, Any], dict[str, str] | None]:
         assert isinstance(result, ModelResponse)
-        usage = result.usage
         return {
-            "usage": {
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cost_usd": usage.cost_usd,
-            },
+            "usage": _usage_payload(result.usage),
             "served_model": result.model,
         }, {"response": result.model_dump_json()}
 
@@ -220,11 +215,7 @@ class ModelKind(EffectKind):
                 payload[name] = value
         billed = getattr(exc, "usage", None)
         if billed is not None:  # billed though unusable: the run counts it
-            payload["usage"] = {
-                "input_tokens": billed.input_tokens,
-                "output_tokens": billed.output_tokens,
-                "cost_usd": billed.cost_usd,
-            }
+            payload["usage"] = _usage_payload(billed)
         return payload
 
     def error_from(self, error: dict[str, Any]) -> Exception:
@@ -354,3 +345,16 @@ CLOCK = register_kind(ClockKind())
 RANDOM = register_kind(RandomKind())
 TIMER = register_kind(TimerKind())
 BREAKER = register_kind(BreakerKind())
+
+
+def _usage_payload(usage: Usage) -> dict[str, Any]:
+    """What a model call's event records of its usage (``estimated_calls`` only when
+    the provider reported none, so the events of every other call are unchanged)."""
+    fields: dict[str, Any] = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cost_usd": usage.cost_usd,
+    }
+    if usage.estimated_calls:
+        fields["estimated_calls"] = usage.estimated_calls
+    return fields

@@ -18,6 +18,7 @@ from pydantic_core import PydanticSerializationError
 
 from ..errors import BudgetExceeded, ModelError, TransientModelError, TypedMeshError
 from ..models.base import Model, ModelRequest, ModelResponse, Usage
+from ..models.offline import request_tokens, response_tokens
 from ..models.pricing import cost_of
 from ..models.resilience import BREAKERS, CircuitBreaker, CircuitOpen, Fallback, model_key
 from .batch_calls import batched, call_batched, current_meter, metered
@@ -181,6 +182,7 @@ async def _generate(
         billed = exc.usage
         if billed is not None:  # an answer arrived, could not be used, and was billed
             _check_usage(model, billed)
+            _estimate_missing(billed, request, None)
             billed.__dict__["cost_usd"] = cost_of(
                 model.name, billed.input_tokens, billed.output_tokens
             )
@@ -196,11 +198,24 @@ async def _generate(
     usage = response.usage
     _check_usage(model, usage)
     response = _storable(response)
+    _estimate_missing(usage, request, response)
     fields = usage.__dict__  # plain counters: skip pydantic's validating setattr
     # priced by the model we asked for: a server naming itself "free" changes nothing
     fields["cost_usd"] = cost_of(model.name, usage.input_tokens, usage.output_tokens)
     fields["model_calls"] = 1
     return response
+
+
+def _estimate_missing(usage: Usage, request: ModelRequest, response: ModelResponse | None) -> None:
+    """A provider that reported no usage (some compatible servers leave it out of a
+    stream, or out of every answer): estimate it from the text rather than count a
+    call as free, which would let it slip past a budget. Marked ``estimated_calls``."""
+    if usage.input_tokens or usage.output_tokens or not request.messages:
+        return
+    fields = usage.__dict__
+    fields["input_tokens"] = request_tokens(request)
+    fields["output_tokens"] = response_tokens(response) if response is not None else 0
+    fields["estimated_calls"] = 1
 
 
 def _check_usage(model: Model, usage: Usage) -> None:

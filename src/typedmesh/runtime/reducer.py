@@ -79,6 +79,7 @@ def _usage(fields: Any) -> Usage:
         output_tokens=int(usage.get("output_tokens", 0)),
         model_calls=1,
         cost_usd=float(usage.get("cost_usd", 0.0)),
+        estimated_calls=int(usage.get("estimated_calls", 0)),
     )
 
 
@@ -95,6 +96,7 @@ def add_usage(total: Usage, usage: Usage) -> None:
     fields["model_calls"] += usage.model_calls
     fields["tool_calls"] += usage.tool_calls
     fields["cost_usd"] += usage.cost_usd
+    fields["estimated_calls"] += usage.estimated_calls
 
 
 def _identity(agent: dict[str, str] | None) -> AgentIdentity | None:
