@@ -68,3 +68,36 @@ def test_a_text_run_resumes_replays_and_traces(text_flow: Path) -> None:
     assert json.loads(replayed.stdout)["output"] == {"text": "15 characters"}
     trace = typedmesh("trace", "t-1")
     assert trace.returncode == 0 and "echo" in trace.stdout and "count" in trace.stdout
+
+
+def test_a_batch_of_a_text_flow_takes_json_strings(text_flow: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "notes.jsonl"
+    inputs.write_text('"first note"\n{"text": "second"}\n42\n["no"]\n', encoding="utf-8")
+    done = typedmesh(
+        "batch", f"{text_flow}:echo", "--inputs", str(inputs), "--batch-id", "b1", "--json"
+    )
+    assert done.returncode == 1, done.stderr  # two malformed lines: reported, the rest ran
+    report = json.loads(done.stdout)
+    ok = [i for i in report["items"] if i["status"] == "ok"]
+    assert [i["line"] for i in ok] == [1, 2]
+    problems = [i["error"] for i in report["items"] if i["status"] == "malformed"]
+    assert problems == [
+        "line 3: expected a JSON object or string, got a number",
+        "line 4: expected a JSON object or string, got an array",
+    ]
+
+
+def test_an_unpriced_batch_says_so(tmp_path: Path) -> None:
+    flow = tmp_path / "unpriced_flow.py"
+    flow.write_text(
+        "import typedmesh as tm\n"
+        "echo = tm.Agent('echo', input=str, output=str, model=tm.SchemaModel())\n"
+    )
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('"a"\n"b"\n', encoding="utf-8")
+    done = typedmesh(
+        "batch", f"{flow}:echo", "--inputs", str(inputs), "--batch-id", "u1", "--no-progress"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cost: unpriced" in done.stdout and "by model: schema unpriced" in done.stdout
+    assert "$0.000000" not in done.stdout

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from .agent import Agent
-from .contracts import Intent
+from .contracts import Intent, is_text
 from .errors import ConfigurationError, InputValidationError, RunNotFound, RunWaiting
 from .journal import DEFAULT_JOURNAL, describe_journal, open_journal
 from .journal.base import DEFAULT_LEASE_TTL, Journal
@@ -255,11 +255,13 @@ class BatchReport:
 # -- inputs ---------------------------------------------------------------------------
 
 
-def read_inputs(path: str | Path) -> list[BatchInput]:
+def read_inputs(path: str | Path, *, text: bool = False) -> list[BatchInput]:
     """The inputs of a JSONL file: one JSON object per line; blank lines are ignored.
 
-    A line that is not UTF-8, not JSON or not an object becomes an input with
-    a ``problem`` naming its line; it is reported and skipped, the rest run.
+    With ``text`` (a flow whose input is ``tm.Text``), a JSON string is an input
+    too: the text itself. A line that is not UTF-8, not JSON or not an object
+    (nor a string, with ``text``) becomes an input with a ``problem`` naming its
+    line; it is reported and skipped, the rest run.
     """
     try:
         data = Path(path).read_bytes()
@@ -278,17 +280,18 @@ def read_inputs(path: str | Path) -> list[BatchInput]:
         item = BatchInput(index=len(found), line=number)
         found.append(item)
         try:
-            text = raw.decode("utf-8")
+            decoded = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             item.problem = f"line {number}: not UTF-8 text (byte offset {exc.start})"
             continue
         try:
-            value = json.loads(text)
+            value = json.loads(decoded)
         except json.JSONDecodeError as exc:
             item.problem = f"line {number}: not valid JSON: {exc.msg} (column {exc.colno})"
             continue
-        if not isinstance(value, dict):
-            item.problem = f"line {number}: expected a JSON object, got {_json_type(value)}"
+        if not isinstance(value, dict) and not (text and isinstance(value, str)):
+            wanted = "a JSON object or string" if text else "a JSON object"
+            item.problem = f"line {number}: expected {wanted}, got {_json_type(value)}"
             continue
         item.value = value
     return found
@@ -309,14 +312,14 @@ def _json_type(value: Any) -> str:
 def _problem_type(problem: str) -> str:
     if "not valid JSON" in problem or "not UTF-8" in problem:
         return "InvalidJSON"
-    if "expected a JSON object" in problem:
+    if "expected a JSON object" in problem:  # (or string)
         return "NotAnObject"
     return "InputValidationError"
 
 
-def _entries(inputs: Iterable[Any] | str | Path) -> list[BatchInput]:
+def _entries(inputs: Iterable[Any] | str | Path, *, text: bool = False) -> list[BatchInput]:
     if isinstance(inputs, str | Path):
-        return read_inputs(inputs)
+        return read_inputs(inputs, text=text)
     entries: list[BatchInput] = []
     for value in inputs:
         if isinstance(value, BatchInput):
@@ -591,7 +594,7 @@ async def abatch(
             "starting with a letter or digit)"
         )
     started = time.monotonic()
-    entries = _entries(inputs)
+    entries = _entries(inputs, text=is_text(flow.input_type))
     store = open_journal(journal, durability=durability)
     opened = None
     if isinstance(state, str | Path):  # one store for every item, closed at the end

@@ -31,7 +31,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .contracts import is_text
 from .journal import DEFAULT_JOURNAL, describe_journal
+from .runtime.cost import priced_as
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -160,7 +162,7 @@ def batch_command(
         cli._deadline_arg(deadline)
         run_intent = cli._intent_arg(intent)
         flow = cli.load_step(target)
-        entries = read_inputs(inputs)
+        entries = read_inputs(inputs, text=is_text(flow.input_type))
     policy: InDoubtPolicy = "retry" if retry_in_doubt else "skip" if skip_in_doubt else "fail"
     bar = None if as_json or no_progress else _ProgressBar()
     with cli._journal(journal, as_json, must_exist=False, durability=level) as store:
@@ -323,8 +325,11 @@ def print_report(
         rate += f" (95% CI {_percent(interval[0])} to {_percent(interval[1])})"
     out.print(rate + f" over {decided} item(s) that ran to an end")
     usage = report.usage
+    unpriced = {n for n, u in report.by_model.items() if not u.cost_usd and priced_as(n) is None}
+    cost = "unpriced" if report.by_model and unpriced == set(report.by_model) else None
     out.print(
-        f"[bold]cost:[/] ${usage.cost_usd:.6f}   [bold]tokens:[/] {usage.total_tokens}   "
+        f"[bold]cost:[/] {cost or f'${usage.cost_usd:.6f}'}   "
+        f"[bold]tokens:[/] {usage.total_tokens}   "
         f"[bold]model calls:[/] {usage.model_calls}   [bold]tool calls:[/] {usage.tool_calls}   "
         f"[bold]time:[/] {report.duration_s:.1f} s"
     )
@@ -344,7 +349,8 @@ def print_report(
         out.print(table)
     if report.by_model:
         models = ", ".join(
-            f"{escape(name)} ${used.cost_usd:.6f}" for name, used in sorted(report.by_model.items())
+            f"{escape(name)} {'unpriced' if name in unpriced else f'${used.cost_usd:.6f}'}"
+            for name, used in sorted(report.by_model.items())
         )
         out.print(f"[bold]by model:[/] {models}")
     if report.errors_by_type:
