@@ -140,7 +140,16 @@ from .runtime.cost import CostReport, run_cost
 from .runtime.deps import DepsError
 from .runtime.history import History, Summary, Transcript, Turn
 from .runtime.overrides import override
-from .runtime.stream import Lagged, RunEvent, RunStream, StreamEvent, StreamSink, TokenDelta, stream
+from .runtime.stream import (
+    Lagged,
+    RunEvent,
+    RunStream,
+    StreamEvent,
+    StreamSink,
+    TokenDelta,
+    ToolCallDelta,
+    stream,
+)
 from .session import Session, TurnInfo
 from .state import MemoryStateStore, StateRecord, StateStore, Versioned, open_store
 from .state.sqlite import SQLiteStateStore
@@ -260,6 +269,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_exports.py pins it
     "SynthesizedReport",
     "Text",
     "TokenDelta",
+    "ToolCallDelta",
     "Tool",
     "ToolCall",
     "ToolDenied",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import IO, Any
 
 from .runtime.run import RunResult, arun
-from .runtime.stream import Lagged, RunEvent, StreamEvent, TokenDelta, stream
+from .runtime.stream import Lagged, RunEvent, StreamEvent, TokenDelta, ToolCallDelta, stream
 from .step import Step
 
 __all__ = ["Follower", "arun_following", "runner"]
@@ -69,6 +69,13 @@ class Follower:
                 self._emit(f"{'':>8}  {item.path} > ")
                 self._open_key = item.key
             self._emit(item.text)
+        elif isinstance(item, ToolCallDelta):
+            opened = f"{item.key}#{item.call}"
+            if self._open_key != opened:
+                self._close_line()
+                self._emit(f"{'':>8}  {item.path} > {item.tool} ")
+                self._open_key = opened
+            self._emit(item.arguments)
         else:
             self._close_line()
             self._emit(self.line(item) + "\n")
@@ -132,6 +139,17 @@ def as_json(item: StreamEvent) -> dict[str, Any]:
             "model": item.model,
             "index": item.index,
             "text": item.text,
+        }
+    if isinstance(item, ToolCallDelta):
+        return {
+            "kind": "tool_delta",
+            "path": item.path,
+            "key": item.key,
+            "model": item.model,
+            "index": item.index,
+            "tool": item.tool,
+            "call": item.call,
+            "arguments": item.arguments,
         }
     if isinstance(item, Lagged):
         return {"kind": "lagged", "dropped": item.dropped, "chars": item.chars, "keys": item.keys}

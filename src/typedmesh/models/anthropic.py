@@ -35,7 +35,7 @@ from ..errors import ConfigurationError, MissingExtraError, ModelError
 from . import check_network_allowed
 from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error, shared_ssl_context
 from .base import Message, ModelRequest, ModelResponse, ModelSettings, ToolCall, Usage
-from .streaming import broken_stream, emit_delta, safe_listener, wants_deltas
+from .streaming import broken_stream, emit_delta, emit_tool_delta, safe_listener, wants_deltas
 
 __all__ = ["AnthropicModel"]
 
@@ -132,10 +132,25 @@ class AnthropicModel(SDKModel):
         params = self._params(request)
         listener = safe_listener(on_delta)
         try:
+            tools = on_delta is emit_delta  # a run's listener hears tool arguments too
+            names: dict[int, str] = {}
             async with client.messages.stream(**params, **self._request_options()) as stream:
                 async for event in stream:
                     if event.type == "content_block_delta" and event.delta.type == "text_delta":
                         listener(event.delta.text)
+                    elif not tools:
+                        continue
+                    elif event.type == "content_block_start":
+                        block = event.content_block
+                        if getattr(block, "type", None) == "tool_use":
+                            names[event.index] = block.name
+                    elif (
+                        event.type == "content_block_delta"
+                        and event.delta.type == "input_json_delta"
+                        and event.index in names
+                    ):
+                        call = sorted(names).index(event.index)
+                        emit_tool_delta(call, names[event.index], event.delta.partial_json)
                 message = await stream.get_final_message()
         except anthropic.AnthropicError as exc:
             raise map_sdk_error(

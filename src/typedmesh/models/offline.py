@@ -27,7 +27,7 @@ from pydantic_core import to_json
 from ..errors import ConfigurationError, ModelError, ScriptExhausted
 from ._schema_values import WORDS, UnsatisfiableSchema, ValueGenerator
 from .base import Model, ModelRequest, ModelResponse, ToolCall, Usage
-from .streaming import emit_delta, listening, wants_deltas
+from .streaming import emit_delta, emit_tool_delta, listening, wants_deltas
 
 __all__ = [
     "SchemaModel",
@@ -135,17 +135,29 @@ def _check_item(item: object, *, responder: bool = False) -> None:
 _PIECES = re.compile(r"\s*\S+")
 
 
-async def stream_offline(content: str | None) -> None:
+async def stream_offline(response: ModelResponse) -> None:
     """Hand an offline answer to whoever listens, a word at a time, as a provider
-    streams it (nothing when nobody listens); the response itself is unchanged."""
-    if not content or not wants_deltas():
+    streams it: its text, then each tool call's arguments (nothing when nobody
+    listens); the response itself is unchanged."""
+    if not wants_deltas():
         return
-    end = 0
-    for match in _PIECES.finditer(content):
-        emit_delta(match.group())
-        end = match.end()
+    for piece in _pieces(response.content or ""):
+        emit_delta(piece)
         await asyncio.sleep(0)  # let a consumer see each piece as it comes
-    emit_delta(content[end:])
+    for number, call in enumerate(response.tool_calls):
+        arguments = call.raw_arguments
+        if arguments is None:
+            arguments = json.dumps(call.arguments or {}, ensure_ascii=False)
+        for piece in _pieces(arguments):
+            emit_tool_delta(number, call.name, piece)
+            await asyncio.sleep(0)
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` cut before each run of whitespace: the pieces join back to it."""
+    pieces = [m.group() for m in _PIECES.finditer(text)]
+    rest = text[sum(map(len, pieces)) :]
+    return [*pieces, rest] if rest else pieces
 
 
 def _is_responder(item: object) -> bool:
@@ -232,7 +244,7 @@ class ScriptedModel:
             if _is_responder(item):
                 item = await _respond(item, request)
         response = self._play(item, request)
-        await stream_offline(response.content)
+        await stream_offline(response)
         return response
 
     def _exhausted_message(self, request: ModelRequest) -> str:
@@ -342,7 +354,7 @@ class SchemaModel:
             content = json.dumps(value)
         response = ModelResponse(content=content, model=self.name)
         response.usage = _usage(request, response)
-        await stream_offline(content)
+        await stream_offline(response)
         return response
 
     def _fit_gates(self, request: ModelRequest, value: Any, rng: random.Random) -> Any:
@@ -489,7 +501,7 @@ class SloppyModel:
         with listening(None):  # a listener hears the sloppy text, not the clean one
             response = await self.inner.generate(request)
         sloppy = self._sloppy(request, response)
-        await stream_offline(sloppy.content)
+        await stream_offline(sloppy)
         return sloppy
 
     def _sloppy(self, request: ModelRequest, response: ModelResponse) -> ModelResponse:

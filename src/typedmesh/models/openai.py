@@ -29,7 +29,7 @@ from ..errors import ConfigurationError, MissingExtraError, ModelError
 from . import check_network_allowed
 from ._sdk import LOOPBACK_KEY, SDKModel, is_loopback, map_sdk_error, shared_ssl_context
 from .base import Message, ModelRequest, ModelResponse, ModelSettings, ToolCall, Usage
-from .streaming import broken_stream, emit_delta, safe_listener, wants_deltas
+from .streaming import broken_stream, emit_delta, emit_tool_delta, safe_listener, wants_deltas
 
 __all__ = ["OpenAIModel"]
 
@@ -125,11 +125,15 @@ class OpenAIModel(SDKModel):
                 stream_options={"include_usage": True},
                 **self._request_options(),
             )
+            tools = on_delta is emit_delta  # a run's listener hears tool arguments too
             async with stream:
                 async for chunk in stream:
                     text = parts.add(chunk)
                     if text:
                         listener(text)
+                    if tools:
+                        for call, name, piece in parts.drain_tool_pieces():
+                            emit_tool_delta(call, name, piece)
         except openai.OpenAIError as exc:
             raise map_sdk_error(
                 openai, exc, provider=self.provider, model=self.name, usage_of=_usage_of_body
@@ -248,6 +252,12 @@ class _Chunks:
     calls: dict[int, _Call] = field(default_factory=dict)
     usage: Any = None
     model: str | None = None
+    pieces: list[tuple[int, str, str]] = field(default_factory=list)
+    """Tool-argument pieces not yet handed on: (call, tool name, text)."""
+
+    def drain_tool_pieces(self) -> list[tuple[int, str, str]]:
+        pieces, self.pieces = self.pieces, []
+        return pieces
 
     def add(self, chunk: Any) -> str:
         """Take one chunk in; the text it adds to the answer."""
@@ -280,6 +290,7 @@ class _Chunks:
                         call.name = function.name
                     if function.arguments:
                         call.arguments.append(function.arguments)
+                        self.pieces.append((piece.index, call.name, function.arguments))
         return added
 
     def content(self) -> str | None:

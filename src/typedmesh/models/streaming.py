@@ -28,6 +28,7 @@ __all__ = [
     "broken_stream",
     "delta_listener",
     "emit_delta",
+    "emit_tool_delta",
     "listening",
     "safe_listener",
     "wants_deltas",
@@ -56,6 +57,20 @@ def emit_delta(text: str) -> None:
         return
     try:
         listener(text)
+    except Exception:  # a listener's failure is its own: the call goes on
+        return
+
+
+def emit_tool_delta(call: int, name: str, arguments: str) -> None:
+    """Hand a piece of a tool call's JSON arguments (call ``call`` of the answer,
+    tool ``name`` once known) to the current listener, if it takes them (a
+    listener with a ``tool_delta(call, name, arguments)`` method)."""
+    listener = _LISTENER.get()
+    take = getattr(listener, "tool_delta", None)
+    if take is None or not arguments:
+        return
+    try:
+        take(call, name, arguments)
     except Exception:  # a listener's failure is its own: the call goes on
         return
 

@@ -12,6 +12,10 @@ task of its own and hands the consumer, as they happen:
   complete response is the ``model.response`` event that follows, and that is
   what is validated, journaled and replayed. A replay serves responses from
   the journal and streams nothing;
+- ``ToolCallDelta``: pieces of a tool call's JSON arguments as the model
+  writes them (which call, which tool), so a UI can show "refund(order_id=…"
+  before the call is complete; the call itself runs (or is refused) only
+  after the whole answer arrived;
 - ``Lagged``: the consumer fell behind and deltas were dropped (how many, how
   many characters, which calls).
 
@@ -66,6 +70,7 @@ __all__ = [
     "StreamEvent",
     "StreamSink",
     "TokenDelta",
+    "ToolCallDelta",
     "stream",
 ]
 
@@ -77,7 +82,8 @@ DEFAULT_MAX_DELTAS = 1024
 
 
 class StreamEvent:
-    """What a stream yields: a ``RunEvent``, a ``TokenDelta`` or a ``Lagged`` marker.
+    """What a stream yields: a ``RunEvent``, a ``TokenDelta``, a ``ToolCallDelta``
+    or a ``Lagged`` marker.
 
     ``kind`` says which (``"event"``, ``"delta"``, ``"lagged"``).
     """
@@ -140,6 +146,32 @@ class TokenDelta(StreamEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta(StreamEvent):
+    """A piece of a tool call's JSON arguments while the model writes them.
+
+    ``call`` numbers the tool calls of one answer from 0 and ``tool`` names
+    the tool; joined in order, a call's ``arguments`` are the JSON the
+    tool is called with (after the answer is complete, and only if it is
+    allowed: a delta is what the model wrote, not what ran). ``index``
+    counts with the call's ``TokenDelta``s.
+    """
+
+    kind: ClassVar[str] = "tool_delta"
+    path: str
+    key: str
+    model: str
+    tool: str
+    call: int
+    arguments: str
+    index: int
+
+    @property
+    def text(self) -> str:
+        """The piece, as a ``TokenDelta`` has it (what a lag counts)."""
+        return self.arguments
+
+
+@dataclass(frozen=True, slots=True)
 class Lagged(StreamEvent):
     """The consumer fell behind: ``dropped`` deltas (``chars`` characters) were not kept.
 
@@ -182,12 +214,24 @@ class _CallListener:
         if self.outer is not None:
             self.outer(text)
 
+    def tool_delta(self, call: int, tool: str, arguments: str) -> None:
+        delta = ToolCallDelta(self.path, self.key, self.model, tool, call, arguments, self.count)
+        self.count += 1
+        for sink in self.sinks:
+            try:
+                sink.accept_delta(delta)
+            except Exception:  # a sink's failure never reaches the model call
+                continue
+        take = getattr(self.outer, "tool_delta", None)
+        if take is not None:
+            take(call, tool, arguments)
+
 
 class StreamSink:
     """An event sink that also hears the token deltas of the run's model calls.
 
     Pass one in ``subscribers=`` of ``tm.run``/``tm.arun``: ``on_event``
-    receives every event, ``on_delta`` every ``TokenDelta``, both called in
+    receives every event, ``on_delta`` every ``TokenDelta`` and ``ToolCallDelta``, both called in
     the run itself (they must be quick and must not block; ``tm.stream``
     buffers for you). When a model call starts, the sink makes itself the
     call's delta listener, which is what makes a provider stream.
@@ -198,7 +242,7 @@ class StreamSink:
     def __init__(
         self,
         on_event: Callable[[RunEvent], None] | None = None,
-        on_delta: Callable[[TokenDelta], None] | None = None,
+        on_delta: Callable[[TokenDelta | ToolCallDelta], None] | None = None,
     ) -> None:
         self._on_event = on_event
         self._on_delta = on_delta
@@ -236,7 +280,7 @@ class StreamSink:
         if self._on_event is not None:
             self._on_event(event)
 
-    def accept_delta(self, delta: TokenDelta) -> None:
+    def accept_delta(self, delta: TokenDelta | ToolCallDelta) -> None:
         if self._on_delta is not None:
             self._on_delta(delta)
 
@@ -285,7 +329,7 @@ class _Buffer:
         self.items.append(event)
         self.wake()
 
-    def push_delta(self, delta: TokenDelta) -> None:
+    def push_delta(self, delta: TokenDelta | ToolCallDelta) -> None:
         items = self.items
         if self.pending_deltas < self.max_deltas:
             self.pending_deltas += 1
@@ -305,7 +349,7 @@ class _Buffer:
         item = self.items.popleft()
         if isinstance(item, _Gap):
             return item.freeze()
-        if isinstance(item, TokenDelta):
+        if isinstance(item, TokenDelta | ToolCallDelta):
             self.pending_deltas -= 1
         return item
 
@@ -350,7 +394,7 @@ class _BufferSink(StreamSink):
         if buffer is not None:
             buffer.push_event(event)
 
-    def accept_delta(self, delta: TokenDelta) -> None:
+    def accept_delta(self, delta: TokenDelta | ToolCallDelta) -> None:
         buffer = self._buffer()
         if buffer is not None:
             buffer.push_delta(delta)
@@ -506,7 +550,7 @@ def stream(
     ``options`` are ``arun``'s (``journal=``, ``budget=``, ``intent=``,
     ``run_id=``, ``subscribers=``, ...). ``max_deltas`` caps the deltas held
     for a consumer that has not read them (0: no deltas, providers do not
-    stream). Yields ``RunEvent``, ``TokenDelta`` and ``Lagged`` items; ends
+    stream). Yields ``RunEvent``, ``TokenDelta``, ``ToolCallDelta`` and ``Lagged`` items; ends
     after the run's last event, raising the run's typed error if it failed.
     """
     extra: Sequence[EventSink] = tuple(options.pop("subscribers", ()) or ())
