@@ -114,6 +114,8 @@ def summary(item: RunEvent) -> str:
     if kind == "model.response":
         usage = payload.get("usage") or {}
         tokens = f"{usage.get('input_tokens', 0)}+{usage.get('output_tokens', 0)} tokens"
+        if usage.get("estimated_calls"):  # the provider reported none: counted from the text
+            tokens = f"~{tokens} (estimated)"
         return f"{payload.get('served_model') or ''} {tokens}".strip()
     if kind == "tool.started":
         return str(payload.get("tool", ""))

@@ -93,7 +93,8 @@ def _label(node: TraceNode, notes: Mapping[str, str] | None = None) -> Text:
         text.append(f"  {node.duration_ms:.1f} ms", style="dim")
     usage = node.total_usage()
     if usage.model_calls:
-        text.append(f"  {usage.input_tokens}+{usage.output_tokens} tok", style="dim")
+        about = "~" if usage.estimated_calls else ""  # a provider reported no usage
+        text.append(f"  {about}{usage.input_tokens}+{usage.output_tokens} tok", style="dim")
         if usage.cost_usd == 0 and _unpriced(node, notes):
             text.append("  unpriced", style="yellow")
         else:

@@ -69,3 +69,26 @@ async def test_reported_usage_is_taken_as_is(server: FakeProviderServer) -> None
     assert (result.usage.input_tokens, result.usage.output_tokens) == (11, 2)
     assert result.usage.estimated_calls == 0
     await model.aclose()
+
+
+async def test_the_trace_and_follow_mark_estimated_tokens(server: FakeProviderServer) -> None:
+    import io
+
+    from rich.console import Console
+
+    from typedmesh.cli_follow import arun_following
+    from typedmesh.render import tokens_text, trace_tree
+
+    model = OpenAIModel("gpt-4o-mini", base_url=server.openai_base_url)
+    writer = tm.Agent("writer", input=Question, output=str, model=model)
+    server.queue_stream(no_usage("some prose"))
+    out = io.StringIO()
+    result = await arun_following(writer, {"text": "hi"}, out=out)
+    assert "tokens (estimated)" in out.getvalue() and "~" in out.getvalue()
+    console = Console(file=io.StringIO(), width=200)
+    console.print(trace_tree(result.trace))
+    assert "~" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert tokens_text(result.usage).startswith("~") and "1 call estimated" in tokens_text(
+        result.usage
+    )
+    await model.aclose()
