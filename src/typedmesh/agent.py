@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict, TypeVar, Unpack, cast, overload
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .contracts import AgentIdentity, Intent, Provenance, Text, is_text
 from .decoding import OutputView, decode_json, output_view
@@ -345,6 +346,8 @@ class Agent(Step[In, Out]):
                 continue
             raw = response.content or ""
             try:
+                if response.truncated:  # cut at the token limit: never a whole answer
+                    raise _truncated(self.output_type, raw, settings.max_tokens)
                 output = self._decode(raw, view, ctx)
             except ValidationError as exc:
                 problems = error_lines(exc)
@@ -544,6 +547,25 @@ def _feedback(raw: str, verdict: str, problems: list[str], text: bool = False) -
         Message(role="assistant", content=raw),
         Message(role="user", content=f"Your last answer {verdict}:\n{listing}\n{ask}"),
     ]
+
+
+def _truncated(model: type[BaseModel], raw: str, limit: int | None) -> ValidationError:
+    """A ``truncated`` error for an answer the provider cut at its token limit."""
+    where = f"the token limit (max_tokens={limit})" if limit else "the model's token limit"
+    return ValidationError.from_exception_data(
+        model.__name__,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "truncated",
+                    "the answer was cut off at {where}: give a complete, shorter answer",
+                    {"where": where},
+                ),
+                loc=(),
+                input=raw,
+            )
+        ],
+    )
 
 
 def _plain_text(raw: str) -> str:

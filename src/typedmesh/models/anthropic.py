@@ -227,6 +227,7 @@ class AnthropicModel(SDKModel):
             tool_calls=calls,
             usage=usage,
             model=message.model or self.name,
+            truncated=message.stop_reason == "max_tokens",
         )
 
 

@@ -273,12 +273,17 @@ class ModelResponse(BaseModel):
     """A model's answer: ``content`` text, or ``tool_calls``; always with usage.
 
     ``model`` names what actually answered (it keys the price table).
+    ``truncated`` says the provider stopped it at the token limit
+    (``finish_reason="length"``, ``stop_reason="max_tokens"``): the text is
+    cut off, so an agent never takes it as a complete answer.
     """
 
     content: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     model: str = ""
+    truncated: bool = Field(default=False, exclude_if=lambda cut: not cut)
+    """(Left out of the JSON when False: a whole answer is journaled as before.)"""
 
 
 @runtime_checkable

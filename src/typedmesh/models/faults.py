@@ -348,6 +348,7 @@ class FaultyModel:
             # free text: only a cut or a planted instruction can change it
             if fault == "truncated" and len(content) >= 2:
                 text = content[: rng.randint(1, len(content) - 1)]
+                return response.model_copy(update={"content": text, "truncated": True}, deep=True)
             elif fault == "injection":
                 text = f"{content}\n\n{injection.instruction()}" if content else injection.text
             else:
@@ -357,7 +358,8 @@ class FaultyModel:
         corrupted = _corrupt_object(fault, value, required, rng, injection)
         if corrupted is None:
             return None
-        return response.model_copy(update={"content": corrupted}, deep=True)
+        cut = fault == "truncated"  # as a provider says it: stopped at the token limit
+        return response.model_copy(update={"content": corrupted, "truncated": cut}, deep=True)
 
 
 def _request_digest(request: ModelRequest) -> str:

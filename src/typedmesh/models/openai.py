@@ -150,6 +150,7 @@ class OpenAIModel(SDKModel):
             parts.tool_calls(),
             _usage(parts.usage),
             parts.model,
+            parts.finish_reason == "length",
         )
 
     # -- request -----------------------------------------------------------
@@ -204,7 +205,8 @@ class OpenAIModel(SDKModel):
             if getattr(call, "function", None) is not None
         ]
         refusal = getattr(message, "refusal", None)
-        return self._answer(True, message.content, refusal, calls, usage, completion.model)
+        cut = completion.choices[0].finish_reason == "length"
+        return self._answer(True, message.content, refusal, calls, usage, completion.model, cut)
 
     def _answer(
         self,
@@ -214,6 +216,7 @@ class OpenAIModel(SDKModel):
         calls: list[ToolCall],
         usage: Usage,
         model: str | None,
+        truncated: bool = False,
     ) -> ModelResponse:
         """The response from its parts, whether they came in one body or in chunks."""
         if not chosen:
@@ -221,7 +224,11 @@ class OpenAIModel(SDKModel):
         if refusal and not content:
             raise self._unusable(f"refused: {refusal}", usage, error_type="refusal")
         return ModelResponse(
-            content=content, tool_calls=calls, usage=usage, model=model or self.name
+            content=content,
+            tool_calls=calls,
+            usage=usage,
+            model=model or self.name,
+            truncated=truncated,
         )
 
     def _unusable(self, what: str, usage: Usage, *, error_type: str | None = None) -> ModelError:
@@ -252,6 +259,7 @@ class _Chunks:
     calls: dict[int, _Call] = field(default_factory=dict)
     usage: Any = None
     model: str | None = None
+    finish_reason: str | None = None
     pieces: list[tuple[int, str, str]] = field(default_factory=list)
     """Tool-argument pieces not yet handed on: (call, tool name, text)."""
 
@@ -270,6 +278,8 @@ class _Chunks:
             if choice.index != 0:
                 continue
             self.chosen = True
+            if getattr(choice, "finish_reason", None):
+                self.finish_reason = choice.finish_reason
             delta = choice.delta
             if delta is None:
                 continue
