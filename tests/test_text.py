@@ -264,3 +264,42 @@ def test_routing_on_a_text_answer_sends_an_unknown_route_back() -> None:
 
     assert result.output.route == "refund" and result.output.output == tm.Text(text="refunded")
     assert "weather" in seen[1].messages[-1].content.lower()  # told which key was unknown
+
+
+def test_a_text_agent_as_a_tool_answers_the_caller_in_text(tmp_path: Path) -> None:
+    drafter = tm.Agent(
+        "drafter",
+        input=str,
+        output=str,
+        model=tm.ScriptedModel(["Sorry about the mug: a new one ships today."]),
+        instructions="Draft a reply to the customer.",
+    )
+    draft_tool = tm.agent_tool(drafter)
+    assert draft_tool.schema.parameters["required"] == ["text"]
+    assert "returns plain text" in draft_tool.schema.description
+
+    def desk(request: ModelRequest) -> Any:
+        told = [m.content for m in request.messages if m.role == "tool"]
+        if told:
+            return {"category": told[-1]}
+        return {"tool_calls": [{"name": "drafter", "arguments": {"text": "mug broke"}}]}
+
+    seen: list[ModelRequest] = []
+
+    def watching(request: ModelRequest) -> Any:
+        seen.append(request)
+        return desk(request)
+
+    support = tm.Agent(
+        "support",
+        input=Ticket,
+        output=Category,
+        model=tm.ScriptedModel([watching, watching]),
+        tools=[draft_tool],
+    )
+    journal = tmp_path / "runs.db"
+    result = tm.run(support, Ticket(subject="mug", body="broke"), journal=journal)
+
+    assert result.output.category == "Sorry about the mug: a new one ships today."
+    assert seen[1].messages[-1].content == "Sorry about the mug: a new one ships today."
+    assert tm.replay(result.run_id, support, journal=journal).identical

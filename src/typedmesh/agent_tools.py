@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter
 
+from .contracts import Text, is_text
 from .errors import (
     BudgetExceeded,
     ConfigurationError,
@@ -109,6 +110,12 @@ class AgentTool(Tool):
                 f"agent {step.name!r} failed ({type(exc).__name__}): {exc}", tool=self.name
             ) from exc
 
+    def result_text(self, value: Any) -> str:
+        """A plain-text agent's answer reaches the calling model as the text itself."""
+        if isinstance(value, Text):
+            return value.text
+        return super().result_text(value)
+
     def __repr__(self) -> str:
         identity = self.step.identity
         return (
@@ -121,7 +128,7 @@ def _describe(step: Step[Any, Any]) -> str:
     what = step.description or f"the {step.name!r} agent"
     return (
         f"{what} (delegates to {step.identity.name}@{step.identity.version}; "
-        f"returns {step.output_type.__name__})"
+        f"returns {'plain text' if is_text(step.output_type) else step.output_type.__name__})"
     )
 
 
