@@ -31,6 +31,8 @@ FLOW = textwrap.dedent("""
         output=A, model=tm.ScriptedModel(answer, name="gpt-4o"))
     unpriced = tm.Agent("local", version="1.0.0", input=Q, output=A,
         model=tm.ScriptedModel(answer, name="my-local-model"))
+    broken = tm.Agent("broken", input=Q, output=A, output_retries=0,
+        model=tm.ScriptedModel(lambda r: "no json here", name="gpt-4o"))
 """)
 
 runner = CliRunner()
@@ -125,3 +127,11 @@ def test_a_run_without_a_journal_is_labelled_the_same(flow_file: Path) -> None:
         flat = " ".join(result.output.split())
         assert expected in flat and "0.000000" not in flat
         assert "next:" not in flat and "journal:" not in flat
+
+
+def test_the_partial_trace_of_a_failed_run_labels_offline_models(flow_file: Path) -> None:
+    result = runner.invoke(
+        app, ["run", "friction_flow.py:broken", "-i", '{"text": "hi"}', "--no-journal"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "offline, priced as gpt-4o" in " ".join(result.output.split())

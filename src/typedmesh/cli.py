@@ -67,7 +67,7 @@ from .errors import (
 from .journal import DEFAULT_JOURNAL, Durability, Journal, describe_journal, open_journal
 from .models.base import Usage
 from .runtime.budget import Budget
-from .runtime.cost import CostReport
+from .runtime.cost import CostReport, cost_report
 from .runtime.kinds import InDoubtPolicy
 from .runtime.trace import TraceNode
 from .step import Step
@@ -422,9 +422,14 @@ def _fail(
                 footer = f"raised at {where}" + (f"\n{footer}" if footer else "")
         errors.print(f"[red bold]error[/]: {escape(_headline(exc))}", soft_wrap=True)
         if partial is not None:
-            from .render import trace_tree
+            from .render import model_notes, trace_tree
 
-            errors.print(trace_tree(partial))
+            notes = None
+            calls = getattr(exc, "partial_calls", ())
+            if calls and isinstance(partial, TraceNode):  # label offline and unpriced models
+                with contextlib.suppress(Exception):  # a label is not worth a second failure
+                    notes = model_notes(cost_report(partial, calls))
+            errors.print(trace_tree(partial, notes))
         if footer:
             errors.print(footer, soft_wrap=True)
     raise typer.Exit(code)

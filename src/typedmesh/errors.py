@@ -135,11 +135,13 @@ class RunError(TypedMeshError):
     """A run failed.
 
     ``run_id`` names the run and ``partial`` holds what it finished before the
-    failure (the trace, with each completed step's output), so nothing is lost.
+    failure (the trace, with each completed step's output), so nothing is lost;
+    ``partial_calls`` are the model calls made so far (what its cost is made of).
     """
 
     run_id: str | None = None
     partial: Any = None
+    partial_calls: tuple[Any, ...] = ()
     step_path: str | None = None
 
 

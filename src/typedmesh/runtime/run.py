@@ -216,6 +216,7 @@ async def drive(
 def _attach(exc: RunError, state: RunState) -> None:
     exc.run_id = state.run_id
     exc.partial = state.reducer.root
+    exc.partial_calls = tuple(state.reducer.calls)
 
 
 def _finish(
