@@ -250,7 +250,7 @@ class Usage(BaseModel):
     model_calls: int = 0
     tool_calls: int = 0
     cost_usd: float = 0.0
-    estimated_calls: int = 0
+    estimated_calls: int = Field(default=0, exclude_if=lambda n: not n)
     """Model calls whose provider reported no usage: their tokens are estimated
     from the text (about four characters a token), so budgets and costs still count them."""
 
