@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 import typedmesh as tm
+from doc_examples import run_doc_example
 from typedmesh.errors import ConfigurationError, ModelError
 from typedmesh.models.base import Model, ModelRequest
 from typedmesh.models.offline import SchemaModel, ScriptedModel
@@ -224,21 +225,9 @@ def test_an_override_is_a_model() -> None:
 def test_the_docs_example_prints_what_the_docs_say(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import re
-    from pathlib import Path
-
-    from typedmesh.models.base import ModelSettings
-
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "overrides.md").read_text()
-    code = re.search(r"```python\n(.*?)```", doc, re.S)
-    shown = re.search(r"Its output.*?```text\n(.*?)```", doc, re.S)
-    assert code is not None and shown is not None
-    monkeypatch.setattr(tm, "override", override, raising=False)  # until exported
-    monkeypatch.setattr(tm, "ModelSettings", ModelSettings, raising=False)
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
         monkeypatch.delenv(var, raising=False)  # the example needs no key
-    exec(compile(code.group(1), "docs/overrides.md", "exec"), {"__name__": "__main__"})
-    assert capsys.readouterr().out == shown.group(1)
+    run_doc_example("overrides.md", capsys)
 
 
 def test_a_run_made_under_an_override_replays_without_it(tmp_path: Any) -> None:

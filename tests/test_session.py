@@ -19,6 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 import typedmesh as tm
+from doc_examples import run_doc_example
 from typedmesh.errors import ConfigurationError, ModelError, RunError, RunWaiting
 from typedmesh.journal import open_journal
 from typedmesh.models.base import Message, ModelRequest
@@ -377,19 +378,9 @@ def test_the_docs_example_prints_what_the_docs_say(
 ) -> None:
     import re
 
-    from typedmesh.runtime.history import Turn
-
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "sessions.md").read_text()
-    code = re.search(r"```python\n(.*?)```", doc, re.S)
-    shown = re.search(r"Its output.*?```text\n(.*?)```", doc, re.S)
-    assert code is not None and shown is not None
-    exports = {"Session": Session, "History": History, "Summary": Summary}
-    exports |= {"Transcript": Transcript, "Turn": Turn}
-    for name, value in exports.items():
-        monkeypatch.setattr(tm, name, value, raising=False)  # until exported
     monkeypatch.chdir(tmp_path)
-    exec(compile(code.group(1), "docs/sessions.md", "exec"), {"__name__": "__main__"})
-    assert capsys.readouterr().out == shown.group(1)
+    run_doc_example("sessions.md", capsys)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sessions.md").read_text()
     listed = cli("cafe-42", "--journal", str(tmp_path / "chat.db"))
     assert listed.returncode == 0, listed.stderr
     stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")

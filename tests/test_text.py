@@ -17,6 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 import typedmesh as tm
+from doc_examples import run_doc_example
 from typedmesh.errors import (
     ConfigurationError,
     ContractError,
@@ -242,15 +243,8 @@ def test_agent_overloads_type_text_sides(tmp_path: Path) -> None:
 def test_the_docs_example_runs_as_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import re
-
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "text.md").read_text()
-    code = re.search(r"```python\n(.*?)```", doc, re.S)
-    shown = re.search(r"Its output.*?```text\n(.*?)```", doc, re.S)
-    assert code is not None and shown is not None
     monkeypatch.chdir(tmp_path)
-    exec(compile(code.group(1), "docs/text.md", "exec"), {"__name__": "__main__"})
-    assert capsys.readouterr().out == shown.group(1)
+    run_doc_example("text.md", capsys)
 
 
 def test_routing_on_a_text_answer_sends_an_unknown_route_back() -> None:

@@ -9,6 +9,7 @@ that asked for it. With ``--json`` each item is one JSON line instead.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -133,26 +134,8 @@ def summary(item: RunEvent) -> str:
 
 def as_json(item: StreamEvent) -> dict[str, Any]:
     """One stream item as a JSON-ready dict (``--follow --json``)."""
-    if isinstance(item, TokenDelta):
-        return {
-            "kind": "delta",
-            "path": item.path,
-            "key": item.key,
-            "model": item.model,
-            "index": item.index,
-            "text": item.text,
-        }
-    if isinstance(item, ToolCallDelta):
-        return {
-            "kind": "tool_delta",
-            "path": item.path,
-            "key": item.key,
-            "model": item.model,
-            "index": item.index,
-            "tool": item.tool,
-            "call": item.call,
-            "arguments": item.arguments,
-        }
+    if isinstance(item, TokenDelta | ToolCallDelta):  # "delta" or "tool_delta", and its fields
+        return {"kind": item.kind, **dataclasses.asdict(item)}
     if isinstance(item, Lagged):
         return {"kind": "lagged", "dropped": item.dropped, "chars": item.chars, "keys": item.keys}
     assert isinstance(item, RunEvent)

@@ -3,12 +3,14 @@ leaves loopback, and a keep-alive fake server per test."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from fake_provider_server import FakeProviderServer, forbid_non_loopback
 
 from typedmesh.models import set_default_timeout
+from typedmesh.models.anthropic import AnthropicModel
+from typedmesh.models.openai import OpenAIModel
 
 ENV_VARS = [
     "OPENAI_API_KEY",
@@ -46,3 +48,17 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def server() -> Iterator[FakeProviderServer]:
     with FakeProviderServer() as fake:
         yield fake
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+async def provider(
+    request: pytest.FixtureRequest, server: FakeProviderServer
+) -> AsyncIterator[tuple[str, OpenAIModel | AnthropicModel]]:
+    """``(name, model)`` for each provider, its SDK pointed at the fake server; closed after."""
+    model: OpenAIModel | AnthropicModel
+    if request.param == "openai":
+        model = OpenAIModel("gpt-4o-mini", base_url=server.openai_base_url)
+    else:
+        model = AnthropicModel("claude-haiku-4-5", base_url=server.anthropic_base_url)
+    yield request.param, model
+    await model.aclose()

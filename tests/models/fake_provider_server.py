@@ -654,6 +654,11 @@ def anthropic_message(
     }
 
 
+def message_text(content: Any) -> str:
+    """A sent message's text: a string, or the text of its first content block."""
+    return content if isinstance(content, str) else str(content[0]["text"])
+
+
 def anthropic_error(message: str, *, type: str = "invalid_request_error") -> dict[str, Any]:
     return {"type": "error", "error": {"type": type, "message": message}}
 

@@ -6,42 +6,24 @@ written; the journal is the same streamed or not, and replay makes no call.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from fake_provider_server import FakeProviderServer, anthropic_message, openai_completion
+from fake_provider_server import (
+    FakeProviderServer,
+    anthropic_message,
+    message_text,
+    openai_completion,
+)
 
 import typedmesh as tm
-from typedmesh.models.anthropic import AnthropicModel
-from typedmesh.models.openai import OpenAIModel
 from typedmesh.runtime.stream import TokenDelta, stream
 
 LETTER = "Dear Ada,\n\nyour refund of {42} EUR is on its way.\n\n— Support"
 
 
-@pytest.fixture(params=["openai", "anthropic"])
-async def provider(
-    request: pytest.FixtureRequest, server: FakeProviderServer
-) -> AsyncIterator[tuple[str, OpenAIModel | AnthropicModel]]:
-    if request.param == "openai":
-        model: OpenAIModel | AnthropicModel = OpenAIModel(
-            "gpt-4o-mini", base_url=server.openai_base_url
-        )
-    else:
-        model = AnthropicModel("claude-haiku-4-5", base_url=server.anthropic_base_url)
-    yield request.param, model
-    await model.aclose()
-
-
 def body(provider: str, text: str) -> dict[str, Any]:
     return openai_completion(text) if provider == "openai" else anthropic_message(text)
-
-
-def text_of(content: Any) -> str:
-    """A message's text: a string, or the text of its first content block."""
-    return content if isinstance(content, str) else str(content[0]["text"])
 
 
 async def test_a_text_agent_streams_prose_and_replays_it(
@@ -62,7 +44,7 @@ async def test_a_text_agent_streams_prose_and_replays_it(
     assert "response_format" not in sent and "output_format" not in sent
     assert "tool_choice" not in sent
     user = sent["messages"][-1]
-    assert user["role"] == "user" and text_of(user["content"]) == "refund for Ada"
+    assert user["role"] == "user" and message_text(user["content"]) == "refund for Ada"
 
     calls = len(server.requests)
     replayed = await tm.areplay("letter", writer, journal=journal)
@@ -80,5 +62,5 @@ async def test_a_blank_text_answer_is_asked_again(
     result = await tm.arun(writer, "go")
     assert result.output.text == "A real answer."
     again = server.bodies[1]["messages"][-1]
-    text = text_of(again["content"])
+    text = message_text(again["content"])
     assert "at least 1 character" in text and "corrected answer only" in text

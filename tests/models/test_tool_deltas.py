@@ -8,16 +8,12 @@ text deltas stay text, and the journal is the same as for a plain call.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from fake_provider_server import FakeProviderServer, anthropic_message, openai_completion
 from pydantic import BaseModel
 
 import typedmesh as tm
-from typedmesh.models.anthropic import AnthropicModel
-from typedmesh.models.openai import OpenAIModel
 
 
 class Order(BaseModel):
@@ -41,20 +37,6 @@ def refund(order_id: str, amount: float, reason: str) -> str:
 def note(text: str) -> str:
     """Leave a note."""
     return "noted"
-
-
-@pytest.fixture(params=["openai", "anthropic"])
-async def provider(
-    request: pytest.FixtureRequest, server: FakeProviderServer
-) -> AsyncIterator[tuple[str, OpenAIModel | AnthropicModel]]:
-    if request.param == "openai":
-        model: OpenAIModel | AnthropicModel = OpenAIModel(
-            "gpt-4o-mini", base_url=server.openai_base_url
-        )
-    else:
-        model = AnthropicModel("claude-haiku-4-5", base_url=server.anthropic_base_url)
-    yield request.param, model
-    await model.aclose()
 
 
 def tool_answer(provider: str) -> dict[str, Any]:

@@ -9,17 +9,19 @@ with ``OutputValidationError`` naming the cut.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from fake_provider_server import FakeProviderServer, anthropic_message, openai_completion
+from fake_provider_server import (
+    FakeProviderServer,
+    anthropic_message,
+    message_text,
+    openai_completion,
+)
 from pydantic import BaseModel
 
 import typedmesh as tm
 from typedmesh.errors import OutputValidationError
-from typedmesh.models.anthropic import AnthropicModel
-from typedmesh.models.openai import OpenAIModel
 from typedmesh.runtime.stream import stream
 
 
@@ -38,20 +40,6 @@ def answer(provider: str, text: str, *, cut: bool = False) -> dict[str, Any]:
             body["choices"][0]["finish_reason"] = "length"
         return body
     return anthropic_message(text, stop_reason="max_tokens" if cut else None)
-
-
-@pytest.fixture(params=["openai", "anthropic"])
-async def provider(
-    request: pytest.FixtureRequest, server: FakeProviderServer
-) -> AsyncIterator[tuple[str, OpenAIModel | AnthropicModel]]:
-    if request.param == "openai":
-        model: OpenAIModel | AnthropicModel = OpenAIModel(
-            "gpt-4o-mini", base_url=server.openai_base_url
-        )
-    else:
-        model = AnthropicModel("claude-haiku-4-5", base_url=server.anthropic_base_url)
-    yield request.param, model
-    await model.aclose()
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -77,7 +65,7 @@ async def test_a_cut_text_answer_is_sent_back_not_taken(
     invalid = [e for e in result.trace.events if e["event"] == "output.invalid"]
     assert len(invalid) == 1 and "cut off at the token limit (max_tokens=40)" in str(invalid[0])
     again = server.bodies[1]["messages"][-1]
-    text = again["content"] if isinstance(again["content"], str) else again["content"][0]["text"]
+    text = message_text(again["content"])
     assert "cut off" in text and "shorter" in text
 
 

@@ -728,16 +728,11 @@ def test_typedmesh_model_switches_every_agent_of_the_example(
 def test_the_docs_examples_print_what_the_docs_say(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from typedmesh import agent_tools, patterns
-
     doc = (Path(__file__).resolve().parents[2] / "docs" / "routing.md").read_text()
     blocks = re.findall(
         r"^```python\n(.*?)^```\n\nIts output[^\n]*\n\n```text\n(.*?)^```", doc, re.S | re.M
     )
     assert len(blocks) == 2
-    for name in ("route", "Route", "Routed", "UnknownRoute"):  # until exported
-        monkeypatch.setattr(tm, name, getattr(patterns, name), raising=False)
-    monkeypatch.setattr(tm, "agent_tool", agent_tools.agent_tool, raising=False)
     namespace: dict[str, Any] = {"__name__": "__main__"}
     for code, shown in blocks:  # the second block continues the first
         exec(compile(code, "docs/routing.md", "exec"), namespace)

@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 import typedmesh as tm
+from doc_examples import run_doc_example
 from typedmesh.errors import ConfigurationError, RunWaiting
 from typedmesh.journal import open_journal
 from typedmesh.models.offline import ScriptedModel
@@ -261,13 +262,5 @@ def test_a_type_from_a_script_matches_the_same_type_imported_by_name() -> None:
 def test_the_docs_example_prints_what_the_docs_say(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import re
-
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "deps.md").read_text()
-    code = re.search(r"```python\n(.*?)```", doc, re.S)
-    shown = re.search(r"Its output.*?```text\n(.*?)```", doc, re.S)
-    assert code is not None and shown is not None
-    monkeypatch.setattr(tm, "DepsError", DepsError, raising=False)  # until exported
     monkeypatch.chdir(tmp_path)
-    exec(compile(code.group(1), "docs/deps.md", "exec"), {"__name__": "__main__"})
-    assert capsys.readouterr().out == shown.group(1)
+    run_doc_example("deps.md", capsys)

@@ -19,6 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 import typedmesh as tm
+from doc_examples import run_doc_example
 from typedmesh.errors import TransientModelError
 from typedmesh.models.base import ModelRequest, ModelResponse, Usage
 from typedmesh.models.streaming import emit_delta, listening
@@ -488,13 +489,4 @@ def test_stream_needs_a_running_loop_only_when_it_starts() -> None:
 def test_the_docs_example_prints_what_the_docs_say(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import typedmesh.runtime.stream as streaming
-
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "streaming.md").read_text()
-    code = re.search(r"```python\n(.*?)```", doc, re.S)
-    shown = re.search(r"Its output.*?```text\n(.*?)```", doc, re.S)
-    assert code is not None and shown is not None
-    for name in ("stream", "RunStream", "StreamEvent", "RunEvent", "TokenDelta", "Lagged"):
-        monkeypatch.setattr(tm, name, getattr(streaming, name), raising=False)  # until exported
-    exec(compile(code.group(1), "docs/streaming.md", "exec"), {"__name__": "__main__"})
-    assert capsys.readouterr().out == shown.group(1)
+    run_doc_example("streaming.md", capsys)

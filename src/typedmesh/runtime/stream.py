@@ -204,27 +204,25 @@ class _CallListener:
         self.count = 0
 
     def __call__(self, text: str) -> None:
-        delta = TokenDelta(self.path, self.key, self.model, text, self.count)
-        self.count += 1
-        for sink in self.sinks:
-            try:
-                sink.accept_delta(delta)
-            except Exception:  # a sink's failure never reaches the model call
-                continue
+        self._deliver(TokenDelta(self.path, self.key, self.model, text, self.count))
         if self.outer is not None:
             self.outer(text)
 
     def tool_delta(self, call: int, tool: str, arguments: str) -> None:
-        delta = ToolCallDelta(self.path, self.key, self.model, tool, call, arguments, self.count)
+        self._deliver(
+            ToolCallDelta(self.path, self.key, self.model, tool, call, arguments, self.count)
+        )
+        take = getattr(self.outer, "tool_delta", None)
+        if take is not None:
+            take(call, tool, arguments)
+
+    def _deliver(self, delta: TokenDelta | ToolCallDelta) -> None:
         self.count += 1
         for sink in self.sinks:
             try:
                 sink.accept_delta(delta)
             except Exception:  # a sink's failure never reaches the model call
                 continue
-        take = getattr(self.outer, "tool_delta", None)
-        if take is not None:
-            take(call, tool, arguments)
 
 
 class StreamSink:
