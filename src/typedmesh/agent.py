@@ -1,7 +1,8 @@
 """Agent: an LLM-backed service with a typed contract, identity and scopes.
 
 An Agent is a Step. Its input is sent as JSON; its output must validate
-against its output model through the provider's JSON-schema mode. An output
+against its output model through the provider's JSON-schema mode (or, for
+``output=str``, is plain text). An answer cut at the token limit never counts. An output
 that fails is sent back with the validation errors (``output_retries``
 times), then ``OutputValidationError`` keeps every raw text and error. Tool
 calls go through the run context, which checks scopes and journals them.
@@ -76,6 +77,9 @@ class AgentOptions(TypedDict, total=False):
 
 class Agent(Step[In, Out]):
     """A model-backed Step: ``Agent("bull", input=Task, output=Verdict, model=...)``.
+
+    ``output=str`` (or ``tm.Text``) asks for plain text, with no JSON mode: the
+    answer, trimmed, is a ``tm.Text``; ``input=str`` sends the text itself.
 
     ``model`` is a ``Model`` or a string such as ``"openai:gpt-4o-mini"``
     (resolved on first use, so building a flow needs no SDK or key).
