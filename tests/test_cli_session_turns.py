@@ -1,0 +1,106 @@
+"""``typedmesh session ID --run FLOW --input ...``: a conversation from the shell.
+
+Each command is a real process; each turn is a journaled run that sees the
+earlier ones, waits for an approval like any run and is resumed by id alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+FLOW = textwrap.dedent("""
+    import typedmesh as tm
+
+    def reply(request):
+        said = [m.content for m in request.messages if m.role == "user"]
+        return f"{len(said)} message(s) seen; the last: {said[-1]}"
+
+    chat = tm.Agent("chat", input=str, output=str,
+                    model=tm.ScriptedModel(reply, name="gpt-4o-mini"))
+
+    @tm.tool(requires_approval=True)
+    def wire(amount: float) -> str:
+        \"\"\"Send money (a person approves first).\"\"\"
+        return f"sent {amount}"
+
+    def banker_model(request):
+        told = [m.content for m in request.messages if m.role == "tool"]
+        if told:
+            return told[-1]
+        return {"tool_calls": [{"name": "wire", "arguments": {"amount": 50}}]}
+
+    banker = tm.Agent("banker", input=str, output=str, tools=[wire],
+                      model=tm.ScriptedModel(banker_model, name="gpt-4o-mini"))
+""")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "chat_flow.py").write_text(FLOW)
+    return tmp_path
+
+
+def typedmesh(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TYPEDMESH_ALLOW_NETWORK": "0", "COLUMNS": "160"}
+    return subprocess.run(
+        [sys.executable, "-m", "typedmesh.cli", *args, "--journal", str(cwd / "chat.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_three_turns_from_the_shell_see_their_history(workdir: Path) -> None:
+    flow = f"{workdir}/chat_flow.py:chat"
+    first = typedmesh(workdir, "session", "u-1", "--run", flow, "-i", "hello")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("1 message(s) seen; the last: hello\n")
+    assert "turn 1 of session u-1: run u-1.turn-1" in first.stdout
+    assert "offline, priced as gpt-4o-mini" in first.stdout
+
+    second = typedmesh(workdir, "session", "u-1", "--run", flow, "-i", "and again")
+    assert second.stdout.startswith("2 message(s) seen; the last: and again\n")
+
+    third = typedmesh(
+        workdir, "session", "u-1", "--run", flow, "-i", "bye", "--window", "0", "--json"
+    )
+    document = json.loads(third.stdout)
+    assert document["session"] == "u-1" and document["turn"] == 3
+    assert document["output"] == {"text": "1 message(s) seen; the last: bye"}  # window 0
+
+    listed = typedmesh(workdir, "session", "u-1", "--json")
+    turns = json.loads(listed.stdout)["turns"]
+    assert [t["turn"] for t in turns] == [1, 2, 3]
+    assert [t["history"] for t in turns] == [[], ["u-1.turn-1"], []]
+
+
+def test_a_turn_that_waits_is_approved_and_resumed_by_id(workdir: Path) -> None:
+    flow = f"{workdir}/chat_flow.py:banker"
+    waiting = typedmesh(workdir, "session", "b-1", "--run", flow, "-i", "pay the plumber")
+    assert waiting.returncode == 4, waiting.stdout + waiting.stderr
+    assert "typedmesh resume b-1.turn-1" in waiting.stderr
+    approved = typedmesh(workdir, "approve", "b-1.turn-1", "banker/tool#0", "--by", "ops")
+    assert approved.returncode == 0, approved.stderr
+    resumed = typedmesh(workdir, "resume", "b-1.turn-1", "--json")  # no --flow: it was recorded
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout)["output"] == {"text": "sent 50.0"}
+
+
+def test_careless_turns_are_one_line_and_exit_2(workdir: Path) -> None:
+    no_input = typedmesh(workdir, "session", "u-2", "--run", f"{workdir}/chat_flow.py:chat")
+    assert no_input.returncode == 2
+    assert "both --run MODULE:ATTR and --input" in no_input.stderr
+    missing = typedmesh(
+        workdir, "session", "u-2", "--run", f"{workdir}/chat_flow.py:nope", "-i", "x"
+    )
+    assert missing.returncode == 2 and "has no attribute 'nope'" in missing.stderr
+    assert "Traceback" not in no_input.stderr + missing.stderr
