@@ -7,13 +7,13 @@ process resumes it and must be handed deps of the recorded type again.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from cli_process import typedmesh_in
 
 FLOW = textwrap.dedent("""
     from dataclasses import dataclass
@@ -68,15 +68,7 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def typedmesh(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TYPEDMESH_ALLOW_NETWORK": "0", "COLUMNS": "160"}
-    return subprocess.run(
-        [sys.executable, "-m", "typedmesh.cli", *args, "--journal", str(cwd / "runs.db")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env=env,
-    )
+    return typedmesh_in(cwd, *args, journal="runs.db")
 
 
 def test_deps_from_a_factory_survive_a_process_exit(workdir: Path) -> None:

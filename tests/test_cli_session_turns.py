@@ -7,13 +7,13 @@ earlier ones, waits for an approval like any run and is resumed by id alone.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from cli_process import typedmesh_in
 
 FLOW = textwrap.dedent("""
     import typedmesh as tm
@@ -48,15 +48,7 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def typedmesh(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TYPEDMESH_ALLOW_NETWORK": "0", "COLUMNS": "160"}
-    return subprocess.run(
-        [sys.executable, "-m", "typedmesh.cli", *args, "--journal", str(cwd / "chat.db")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env=env,
-    )
+    return typedmesh_in(cwd, *args, journal="chat.db")
 
 
 def test_three_turns_from_the_shell_see_their_history(workdir: Path) -> None:
