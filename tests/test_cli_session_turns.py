@@ -96,3 +96,12 @@ def test_careless_turns_are_one_line_and_exit_2(workdir: Path) -> None:
     )
     assert missing.returncode == 2 and "has no attribute 'nope'" in missing.stderr
     assert "Traceback" not in no_input.stderr + missing.stderr
+
+
+def test_follow_streams_the_turn_on_stderr(workdir: Path) -> None:
+    flow = f"{workdir}/chat_flow.py:chat"
+    done = typedmesh(workdir, "session", "f-1", "--run", flow, "-i", "hi there", "--follow")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("1 message(s) seen; the last: hi there\n")
+    assert "chat > 1 message(s) seen; the last: hi there" in done.stderr  # the text as written
+    assert "run.finished" in done.stderr

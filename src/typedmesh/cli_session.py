@@ -87,6 +87,14 @@ def session_command(
         str | None,
         typer.Option(metavar="MODULE:ATTR", help="the turn's deps (an object or a factory)"),
     ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="show the turn's events and the model's text on stderr as it comes",
+        ),
+    ] = False,
 ) -> None:
     """List a session's turns: status, run id, input and output, the history each was shown.
 
@@ -97,7 +105,7 @@ def session_command(
     from .cli import CommandLineError, _journal, console
 
     if run is not None or input is not None:
-        _run_turn(session_id, journal, as_json, run, input, window, summary, deps)
+        _run_turn(session_id, journal, as_json, run, input, window, summary, deps, follow)
         return
     with _journal(journal, as_json, readonly=True) as store:
         session = Session(session_id, journal=store)
@@ -133,13 +141,17 @@ def _run_turn(
     window: int,
     summary_target: str | None,
     deps_target: str | None,
+    follow: bool = False,
 ) -> None:
     """``typedmesh session ID --run FLOW --input ...``: one turn, its output and a footer."""
     import asyncio
+    import sys
 
     from . import cli
     from . import cli_journal as cj
+    from .cli_follow import Follower
     from .errors import InputValidationError, JournalError, RunError, RunWaiting, UserError
+    from .runtime.stream import StreamSink
 
     with cli._user_errors(as_json):
         if target is None or text is None:
@@ -148,11 +160,19 @@ def _run_turn(
         data = cli._input_arg(text, flow)
         summary = cli.load_step(summary_target) if summary_target is not None else None
         turn_deps = cli._deps_arg(deps_target)
+    follower = Follower(sys.stderr, json_lines=as_json) if follow else None
+    watching = [] if follower is None else [StreamSink(follower.write, follower.write)]
     with cli._journal(journal, as_json, must_exist=False) as store:  # a first turn makes it
         session = Session(session_id, journal=store, window=window, summary=summary)
         try:
             result = asyncio.run(  # the flow's target is journaled: `resume` finds it
-                session.arun(flow, data, deps=turn_deps, target=cj.resolved_target(target))
+                session.arun(
+                    flow,
+                    data,
+                    deps=turn_deps,
+                    target=cj.resolved_target(target),
+                    subscribers=watching,
+                )
             )
         except InputValidationError as exc:
             cli._fail(exc, as_json, code=2)
@@ -162,6 +182,9 @@ def _run_turn(
             cli._fail(exc, as_json, code=1)
         except (UserError, JournalError):
             raise  # exit 2, in _journal
+        finally:
+            if follower is not None:
+                follower.end()
         report = None if as_json else cli._run_cost(store, result.run_id)
     turn = int(result.run_id.rpartition(".turn-")[2])
     if as_json:
