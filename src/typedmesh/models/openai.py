@@ -131,8 +131,8 @@ class OpenAIModel(SDKModel):
                     text = parts.add(chunk)
                     if text:
                         listener(text)
-                    if tools:
-                        for call, name, piece in parts.drain_tool_pieces():
+                    for call, name, piece in parts.drain_tool_pieces():
+                        if tools:
                             emit_tool_delta(call, name, piece)
         except openai.OpenAIError as exc:
             raise map_sdk_error(
