@@ -4,6 +4,8 @@ free: the tokens are estimated from the text, marked, and the budget still holds
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fake_provider_server import FakeProviderServer, openai_completion
 from pydantic import BaseModel
@@ -91,4 +93,26 @@ async def test_the_trace_and_follow_mark_estimated_tokens(server: FakeProviderSe
     assert tokens_text(result.usage).startswith("~") and "1 call estimated" in tokens_text(
         result.usage
     )
+    await model.aclose()
+
+
+async def test_the_estimate_is_journaled_and_read_back(
+    server: FakeProviderServer, tmp_path: Path
+) -> None:
+    from typedmesh.runtime.reducer import reduce_events
+
+    model = OpenAIModel("gpt-4o-mini", base_url=server.openai_base_url)
+    writer = tm.Agent("writer", input=Question, output=str, model=model)
+    server.queue(no_usage("some prose"))
+    journal = tmp_path / "runs.db"
+    result = await tm.arun(writer, {"text": "hi"}, journal=journal, run_id="est")
+    with tm.SQLiteJournal(journal) as store:
+        events = store.read("est")
+        [response] = [e for e in events if e.type == "model.response"]
+        assert response.payload["usage"]["estimated_calls"] == 1
+        reducer = reduce_events(events, store)
+        reducer.finish(events[-1])
+        assert reducer.usage == result.usage and reducer.usage.estimated_calls == 1
+    replayed = await tm.areplay("est", writer, journal=journal)
+    assert replayed.identical and len(server.requests) == 1
     await model.aclose()
