@@ -388,3 +388,42 @@ def test_the_docs_example_prints_what_the_docs_say(
     assert listing is not None
     expected = listing.group(1).replace("in chat.db", f"in {tmp_path / 'chat.db'}")
     assert stamp.sub("T", listed.stdout) == stamp.sub("T", expected)
+
+
+def test_a_failed_turn_has_ended_and_the_next_sees_the_turns_before_it(tmp_path: Path) -> None:
+    journal = tmp_path / "runs.db"
+    session = Session("f-1", journal=journal)
+    session.run(bot(parrot()), {"text": "one"})
+    broken = bot(ScriptedModel(["not json", "still not", "never"]))
+    with pytest.raises(tm.OutputValidationError):
+        session.run(broken, {"text": "two"})
+    requests: list[ModelRequest] = []
+    third = session.run(bot(parrot(requests)), {"text": "three"})
+    assert third.run_id == "f-1.turn-3"
+    assert shown(requests[0]) == [
+        ("user", '{"text":"one"}'),
+        ("assistant", '{"text":"re: one"}'),
+        ("user", '{"text":"three"}'),
+    ]
+
+
+def test_a_busy_session_says_which_turn_to_finish(tmp_path: Path) -> None:
+    journal = tmp_path / "runs.db"
+    session = Session("b-1", journal=journal)
+
+    @tm.tool(requires_approval=True)
+    def pay(amount: float) -> str:
+        """Pay (a person approves first)."""
+        return "paid"
+
+    def asks(request: ModelRequest) -> Any:
+        return {"tool_calls": [{"name": "pay", "arguments": {"amount": 5}}]}
+
+    payer = bot(ScriptedModel(asks), tools=[pay])
+    with pytest.raises(tm.RunWaiting):
+        session.run(payer, {"text": "pay"})
+    with pytest.raises(tm.SessionBusy) as busy:
+        session.run(bot(parrot()), {"text": "next"})
+    assert (busy.value.run_id, busy.value.status) == ("b-1.turn-1", "waiting")
+    assert isinstance(busy.value, tm.ConfigurationError)
+    assert session.count() == 1  # nothing was started

@@ -7,6 +7,7 @@ catching that one class is enough to separate framework failures from bugs::
     ├── UserError                 misuse found when a flow is built or configured
     │   ├── ContractError         a handoff whose types cannot meet
     │   ├── ConfigurationError    a bad argument (unknown model string, max_rounds < 1, ...)
+    │   │   └── SessionBusy       a session's last turn has not ended: the next one waits
     │   └── MissingExtraError     an optional integration is not installed
     ├── RunError                  a run failed; carries ``run_id`` and ``partial``
     │   ├── InputValidationError  the run input does not fit the flow's input model
@@ -79,6 +80,7 @@ __all__ = [
     "RunNotFound",
     "RunWaiting",
     "ScriptExhausted",
+    "SessionBusy",
     "StaleVersion",
     "StateError",
     "StateNotFound",
@@ -446,6 +448,22 @@ class RunNotFound(JournalError):
 
     def __init__(self, message: str, *, run_id: str | None = None) -> None:
         self.run_id = run_id
+        super().__init__(message)
+
+
+class SessionBusy(ConfigurationError):
+    """A session's next turn was asked for while its last turn has not ended.
+
+    Turns run one after another: a turn started while the previous one is still
+    running, waits for an approval, or was cut off by a crash would answer
+    without it. ``status`` says which (``running``, ``waiting``, ``incomplete``)
+    and ``run_id`` names the turn to finish (wait, decide and resume, or resume).
+    """
+
+    def __init__(self, message: str, *, session_id: str, run_id: str, status: str) -> None:
+        self.session_id = session_id
+        self.run_id = run_id
+        self.status = status
         super().__init__(message)
 
 

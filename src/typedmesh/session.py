@@ -30,8 +30,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SessionBusy
 from .journal import DEFAULT_JOURNAL, Journal, open_journal
+from .journal.base import lease_live, now
 from .journal.sqlite import Durability
 from .journal.verify import load_payload
 from .runtime.history import (
@@ -85,8 +86,12 @@ class Session:
     running summary (its input is a ``Transcript``, its output has a
     ``summary`` text field). The session keeps nothing in memory: two
     ``Session`` objects with the same id and journal are the same session.
-    Two turns of one session started at once: the second is refused
-    (``RunExists``) before it runs.
+    Turns run one after another: a turn asked for while the last one is still
+    running, waits for an approval or was cut off by a crash is refused
+    (``SessionBusy``, naming the turn to finish) before it runs; two started
+    at the same instant get the same number, and the second is refused
+    (``RunExists``). A failed turn has ended: the next one is shown the turns
+    before it.
     """
 
     def __init__(
@@ -174,7 +179,9 @@ class Session:
         before: dict[str, Any] = {}
         candidates: list[str] = []
         if previous:
-            before, last, _ = turn_of(store, self.run_id(previous))
+            before, last, status = turn_of(store, self.run_id(previous))
+            if last is None:
+                self._refuse_unended(store, previous, status)
             candidates = [str(r) for r in before.get("history") or []]
             if last is not None:
                 candidates.append(last.run_id)
@@ -199,6 +206,32 @@ class Session:
             durability=self.durability,
             session=SessionTurn(record, history),
             **options,
+        )
+
+    def _refuse_unended(self, store: Journal, turn: int, status: str) -> None:
+        """Turns run one after another: refuse the next while this one has not ended
+        (a failed turn has: the next one is shown the turns before it)."""
+        if status not in ("running", "waiting", "incomplete"):
+            return
+        run_id = self.run_id(turn)
+        head = store.head(run_id)
+        if status == "running" and not lease_live(head.owner, head.expires_at, now()):
+            status = "incomplete"  # its process is gone: nobody will finish it
+        what = {
+            "running": "is still running; run the next turn when it has answered",
+            "waiting": (
+                "waits for a decision: approve or deny it (`typedmesh approvals "
+                f"{run_id}`), then `typedmesh resume {run_id}`"
+            ),
+            "incomplete": (
+                f"was cut off before it ended (its process stopped): `typedmesh resume {run_id}`"
+            ),
+        }[status]
+        raise SessionBusy(
+            f"session {self.id!r}: turn {turn} ({run_id}) {what}",
+            session_id=self.id,
+            run_id=run_id,
+            status=status,
         )
 
     def run(self, flow: Step[Any, Out], input: Any, **options: Any) -> RunResult[Out]:
