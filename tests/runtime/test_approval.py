@@ -305,3 +305,89 @@ def test_requires_approval_takes_a_bool_or_a_predicate() -> None:
 
     args: Any = always.parse_arguments({"x": 1})
     assert always.needs_approval(args) and "requires_approval" in repr(always)
+
+
+def _race_to_decide(
+    barrier: Any, journal: str, n: int, results: Any
+) -> None:  # pragma: no cover - runs in a spawned process
+    barrier.wait()
+    try:
+        decision = approve("race", CALL, approved=n % 2 == 0, by=f"approver-{n}", journal=journal)
+        results.put((n, "decided", decision.approved))
+    except Exception as exc:
+        results.put((n, type(exc).__name__, str(exc)))
+
+
+def test_approvers_racing_on_one_call_record_exactly_one_decision(
+    tmp_path: Path, desk: ModuleType
+) -> None:
+    """Eight processes decide the same call at once (half approve, half deny): one
+    decision is recorded; every other approver is told who decided, none sees a lease."""
+    import multiprocessing
+
+    journal = tmp_path / "runs.db"
+    with pytest.raises(tm.RunWaiting):
+        tm.run(
+            desk.flow,
+            {"order_id": "Z9", "amounts": [500]},
+            journal=journal,
+            run_id="race",
+            grant={"payments:refund"},
+        )
+    spawn = multiprocessing.get_context("spawn")
+    barrier, results = spawn.Barrier(8), spawn.Queue()
+    workers = [
+        spawn.Process(target=_race_to_decide, args=(barrier, str(journal), n, results))
+        for n in range(8)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = sorted(results.get(timeout=60) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=30)
+
+    decided = [o for o in outcomes if o[1] == "decided"]
+    assert len(decided) == 1, outcomes
+    winner, _, approved = decided[0]
+    verb = "approved" if approved else "denied"
+    for n, kind, message in outcomes:
+        if n != winner:
+            assert kind == "ApprovalError", outcomes
+            assert f"already {verb} by approver-{winner}" in message
+    events = events_of(journal, "race")
+    assert [e.type for e in events].count("approval.decided") == 1
+    with tm.SQLiteJournal(journal) as store:
+        assert tm.verify_run(store, "race").ok
+    result = tm.resume("race", desk.flow, journal=journal)
+    assert refunds(tmp_path) == (["refund Z9 500.00"] if approved else [])
+    assert result.output.status in ("refunded", "denied") or result.output.notes
+
+
+def test_a_reader_is_not_fooled_by_an_append_between_its_two_reads(
+    tmp_path: Path, desk: ModuleType
+) -> None:
+    """Reading a run is two reads (its head, its events). Another process appending
+    between them once made an honest journal look altered (JournalCorrupt)."""
+    journal = tmp_path / "runs.db"
+    with pytest.raises(tm.RunWaiting):
+        tm.run(
+            desk.flow,
+            {"order_id": "Q1", "amounts": [700]},
+            journal=journal,
+            run_id="q1",
+            grant={"payments:refund"},
+        )
+    store = tm.SQLiteJournal(journal)
+    read_events = store.read
+    appended: list[str] = []
+
+    def read_while_another_process_appends(run_id: str) -> list[tm.Event]:
+        if not appended:  # the head was read already: now a decision is committed elsewhere
+            appended.append(approve("q1", CALL, by="bob", journal=str(journal)).by)
+        return read_events(run_id)
+
+    store.read = read_while_another_process_appends  # type: ignore[method-assign]
+    report = tm.verify_run(store, "q1")
+    assert appended == ["bob"] and report.ok, report
+    assert [e.type for e in store.read("q1")][-1] == "approval.decided"
+    store.close()

@@ -111,13 +111,34 @@ def _blob_problem(event: Event, journal: Journal) -> str:
     return ""
 
 
+def read_with_head(journal: Journal, run_id: str, *, tries: int = 10) -> tuple[Head, list[Event]]:
+    """A run's head and its events as one view, even while another process appends.
+
+    The head and the events are two reads. An append committed between them
+    shows more events than the head names, which is also what a forged tail
+    looks like; so when the head has moved meanwhile, both are read again. A
+    mismatch that stays while the head stands still is the journal's own, for
+    ``verify_events`` to judge. Raises ``RunNotFound`` for a run never registered.
+    """
+    head = journal.head(run_id)
+    for _ in range(tries):
+        try:
+            events = journal.read(run_id)
+        except RunNotFound:
+            events = []  # every event deleted: the head still says how many there were
+        last = events[-1].seq if events else -1
+        if last == head.seq:
+            return head, events
+        again = journal.head(run_id)
+        if again.seq == head.seq and again.hash == head.hash:
+            return head, events  # nobody is appending: the mismatch is real
+        head = again  # a writer committed in between: read both again
+    return head, events
+
+
 def verify_run(journal: Journal, run_id: str) -> VerifyReport:
     """Verify one run of a journal: chain, blobs, anchored head and its signature."""
-    head = journal.head(run_id)  # RunNotFound when there is no such run at all
-    try:
-        events = journal.read(run_id)
-    except RunNotFound:
-        events = []  # every event deleted: the head still says how many there were
+    head, events = read_with_head(journal, run_id)  # RunNotFound when there is no such run
     return verify_events(run_id, events, journal, head, key=journal_key())
 
 

@@ -21,12 +21,14 @@ and arguments, so an approver sees what they approve.
 from __future__ import annotations
 
 import getpass
+import random
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import ConfigurationError, RunError, ToolError
+from ..errors import ConfigurationError, LeaseHeld, RunError, ToolError
 from ..journal import open_journal
 from ..journal.base import Journal, status_of
 from ..journal.events import Event, canonical_json, digest
@@ -323,8 +325,23 @@ def approve(
         call_digest=expected,
     )
     value = {name: getattr(decision, name) for name in _DECISION_FIELDS}
-    try:
-        record_result(run_id, call_id + SUFFIX, value, journal=store, recorded_by=who)
-    except ConfigurationError:  # decided by someone else in the meantime
-        raise _refusal(run_id, call_id, store) from None
-    return decision
+    give_up = time.monotonic() + LEASE_WAIT_S
+    while True:
+        try:
+            record_result(run_id, call_id + SUFFIX, value, journal=store, recorded_by=who)
+            return decision
+        except ConfigurationError:  # decided by someone else in the meantime
+            raise _refusal(run_id, call_id, store) from None
+        except LeaseHeld:
+            # Another approver is recording (it holds the run for milliseconds), or the
+            # run is being resumed: wait a moment, then say who decided, or give up.
+            if time.monotonic() >= give_up:
+                raise
+            time.sleep(random.uniform(0.01, 0.05))
+            rec = _approvals(_events(store, run_id), store).get(call_id + SUFFIX)
+            if rec is None or rec.status != "waiting":
+                raise _refusal(run_id, call_id, store) from None
+
+
+LEASE_WAIT_S = 2.0
+"""How long ``approve`` waits for a run another writer holds before it gives up."""

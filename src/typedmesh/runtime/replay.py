@@ -15,7 +15,6 @@ from ..errors import (
     InDoubtError,
     JournalCorrupt,
     NonDeterminismError,
-    RunNotFound,
 )
 from ..handoff import handoff_problems
 from ..journal import DEFAULT_JOURNAL, open_journal
@@ -23,7 +22,7 @@ from ..journal.anchor import journal_key
 from ..journal.base import DEFAULT_LEASE_TTL, Journal, new_owner
 from ..journal.events import Event, canonical_json, digest
 from ..journal.sqlite import Durability
-from ..journal.verify import load_payload, verify_events
+from ..journal.verify import load_payload, read_with_head, verify_events
 from ..journal.writer import JournalSink
 from ..models.base import ModelSettings
 from ..state import StateStore, open_store
@@ -71,11 +70,7 @@ class ReplayResult(Generic[Out]):
 
 def verified_events(store: Journal, run_id: str) -> list[Event]:
     """A run's events, refused unless chain, blobs, anchored head and signature check out."""
-    head = store.head(run_id)  # RunNotFound only when the run was never registered
-    try:
-        events = store.read(run_id)
-    except RunNotFound:
-        events = []  # registered, then every event deleted: the head says how many
+    head, events = read_with_head(store, run_id)  # RunNotFound: the run was never registered
     report = verify_events(run_id, events, store, head, key=journal_key())
     if not report.ok:
         raise JournalCorrupt(
