@@ -16,18 +16,17 @@ from ..errors import JournalCorrupt
 from .base import Head, Journal
 from .events import Event
 from .memory import MemoryJournal
-from .verify import blob_refs
+from .verify import blob_refs, read_with_head
 
 __all__ = ["export_jsonl", "import_jsonl"]
 
 
 def export_jsonl(journal: Journal, run_id: str, path: str | Path) -> int:
     """Write a run's events, its blobs, then its head, one JSON object per line."""
-    events = journal.read(run_id)
+    head, events = read_with_head(journal, run_id)  # one view, even while it is appended to
     digests = sorted({d for e in events for refs in blob_refs(e).values() for d in refs})
     lines = [json.dumps({"event": e.to_dict()}) for e in events]
     lines += [json.dumps({"blob": d, "data": journal.blob(d).decode()}) for d in digests]
-    head = journal.head(run_id)
     lines.append(json.dumps({"head": {**asdict(head), "owner": None, "expires_at": 0.0}}))
     Path(path).write_text("\n".join(lines) + "\n")
     return len(lines)
