@@ -329,3 +329,94 @@ def test_resume_of_one_item_by_run_id_finds_the_flow(tmp_path: Path, flow_file: 
     report = json.loads(kept.stdout)
     assert kept.returncode == 1 and [i["action"] for i in report["items"]] == ["journaled"] * 2
     assert os.path.exists(tmp_path / ".typedmesh" / "runs.db")
+
+
+# -- one batch, several processes ------------------------------------------------------
+
+
+def batch_command(flow_file: Path, file: Path, batch_id: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "typedmesh.cli",
+        "batch",
+        f"{flow_file}:flow",
+        "--inputs",
+        str(file),
+        "--batch-id",
+        batch_id,
+        "--concurrency",
+        "2",
+        "--journal",
+        "runs.db",
+        "--json",
+    ]
+
+
+def test_two_processes_on_one_batch_share_it_and_each_item_runs_once(
+    tmp_path: Path, flow_file: Path
+) -> None:
+    """The same batch started twice to go faster: every item runs once, in one of the
+    two, and each process reports all of them with their real outcome (none 'failed'
+    because the other process had it)."""
+    file = inputs(tmp_path, *orders(*ORDERS))
+    command = batch_command(flow_file, file, "shared")
+    workers = [
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tmp_path)
+        )
+        for _ in range(2)
+    ]
+    reports = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, out + err
+        reports.append(json.loads(out))
+    for report in reports:
+        assert report["counts"]["ok"] == len(ORDERS)
+        receipts = sorted(i["output"]["receipt"] for i in report["items"])
+        assert receipts == sorted(f"receipt-{o}" for o in ORDERS)
+    ran = Counter(
+        i["run_id"] for r in reports for i in r["items"] if i["action"] in ("started", "resumed")
+    )
+    assert all(count == 1 for count in ran.values())
+    assert Counter(lines_of(tmp_path / "attempts.txt")) == Counter(ORDERS)  # each tool once
+    assert Counter(line.split(" key=")[0] for line in lines_of(tmp_path / "effects.txt")) == (
+        Counter(ORDERS)
+    )
+
+
+def test_a_worker_killed_midway_is_finished_by_the_other(tmp_path: Path, flow_file: Path) -> None:
+    file = inputs(tmp_path, *orders(*ORDERS))
+    command = batch_command(flow_file, file, "takeover")
+    first = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(tmp_path, PAUSE_AT="O5"),
+    )
+    paused = tmp_path / "paused.txt"
+    deadline = time.monotonic() + 60
+    while not paused.exists():
+        assert first.poll() is None and time.monotonic() < deadline, "never reached O5"
+        time.sleep(0.02)
+    second = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tmp_path)
+    )
+    time.sleep(1.0)  # the second is waiting on O5, which the first holds
+    assert second.poll() is None
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(timeout=10) == -signal.SIGKILL
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, out + err
+    report = json.loads(out)
+    assert report["counts"]["ok"] == len(ORDERS)
+    actions = {i["run_id"]: i["action"] for i in report["items"]}
+    assert actions["takeover-00004"] == "resumed"  # taken over once its worker was gone
+    effects = Counter(line.split(" key=")[0] for line in lines_of(tmp_path / "effects.txt"))
+    assert effects == Counter(ORDERS)  # O5's charge, in doubt, deduped by its key
+    with tm.SQLiteJournal(tmp_path / "runs.db") as store:
+        for n in range(len(ORDERS)):
+            events = store.read(f"takeover-{n:05d}")
+            assert [e.type for e in events].count("run.finished") == 1
+            assert tm.verify_run(store, f"takeover-{n:05d}").ok

@@ -11,7 +11,10 @@ Running the batch again with the same ``batch_id`` takes finished items from
 the journal (nothing runs again), resumes incomplete, failed and waiting ones
 with ``aresume`` (no journaled effect repeats: a tool that ran before a kill
 does not run again) and starts the rest. An item whose input changed since it
-was journaled is refused (give a changed input file a new batch id).
+was journaled is refused (give a changed input file a new batch id). Several
+processes may run one batch at once: each item runs in one of them, the others
+wait for it and report its outcome (``action="elsewhere"``), and one whose
+worker died is finished by a process still running.
 
 **One budget.** ``budget`` is shared by all items: every model call reserves
 against it before it is sent, so concurrent items cannot together cross it; a
@@ -55,9 +58,16 @@ from pydantic import BaseModel
 
 from .agent import Agent
 from .contracts import Intent, is_text
-from .errors import ConfigurationError, InputValidationError, RunNotFound, RunWaiting
+from .errors import (
+    ConfigurationError,
+    InputValidationError,
+    LeaseHeld,
+    RunExists,
+    RunNotFound,
+    RunWaiting,
+)
 from .journal import DEFAULT_JOURNAL, describe_journal, open_journal
-from .journal.base import DEFAULT_LEASE_TTL, Journal
+from .journal.base import DEFAULT_LEASE_TTL, Journal, lease_live, now
 from .journal.events import Event, canonical_json
 from .journal.sqlite import Durability
 from .journal.verify import load_payload
@@ -89,7 +99,9 @@ __all__ = [
 ]
 
 ItemStatus = Literal["ok", "failed", "waiting", "malformed", "skipped"]
-Action = Literal["started", "resumed", "journaled", "checked", "none"]
+Action = Literal["started", "resumed", "journaled", "checked", "elsewhere", "none"]
+
+_RUN_ENDS = frozenset({"run.finished", "run.failed", "run.suspended"})
 
 _BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 
@@ -130,7 +142,8 @@ class BatchItem:
     """For waiting items: the effect keys the run waits for."""
     action: Action = "none"
     """What this call did: started the run, resumed it, took it from the journal as it
-    was, or only checked that its provider batch is still running."""
+    was, only checked that its provider batch is still running, or waited while
+    another process running the same batch did the item (``elsewhere``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -484,6 +497,8 @@ class _Batch:
                 await aresume(work.run_id, self.flow, in_doubt=options["in_doubt"], **common)
         except RunWaiting as exc:
             item.status, item.waiting = "waiting", list(exc.waiting)
+        except (RunExists, LeaseHeld):  # another process of this batch has the item
+            return await self.await_elsewhere(work, item)
         except Exception as exc:  # the run's end is journaled; errors before it are not
             item.status, item.error_type, item.error = "failed", type(exc).__name__, str(exc)
             try:
@@ -492,6 +507,23 @@ class _Batch:
                 return item
             return self.summarize(item, events)
         return self.summarize(item)
+
+    async def await_elsewhere(self, work: _Work, item: BatchItem) -> BatchItem:
+        """The item's run belongs to another live process (the same batch run twice,
+        to go faster): wait for its end and report that. A worker that dies with it
+        leaves its lease to expire; the item is then resumed here, once."""
+        item.action = "elsewhere"
+        store, delay = self.store, 0.02
+        while True:
+            head = store.head(work.run_id)
+            if not lease_live(head.owner, head.expires_at, now()):
+                ended = store.read(work.run_id)[-1].type in _RUN_ENDS
+                if ended:
+                    return self.summarize(item)
+                work = _Work(work.entry, work.validated, work.run_id, exists=True)
+                return await self.run_item(work)  # its worker is gone: finish it here
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def still_pending(self, run_id: str) -> bool:
         """Whether a waiting run waits only for provider batches that are still running.
