@@ -164,3 +164,75 @@ def test_without_follow_nothing_is_streamed_to_stderr(flow_file: Path) -> None:
     done = typedmesh("run", f"{flow_file}:flow", "--input", '{"text": "q"}')
     assert done.returncode == 0, done.stderr
     assert done.stderr == "" and "run.started" not in done.stdout
+
+
+# -- a reader that is slow, or goes away, never holds or breaks the run ----------------
+
+CHATTY = textwrap.dedent("""
+    import typedmesh as tm
+
+    WORDS = " ".join(f"word{n}" for n in range(40_000))  # ~350 KB of streamed text
+
+    talker = tm.Agent("talker", input=str, output=str,
+                      model=tm.ScriptedModel([WORDS], name="gpt-4o-mini"))
+""")
+
+
+def chatty_run(tmp_path: Path, run_id: str, **streams: object) -> subprocess.Popen[bytes]:
+    (tmp_path / "chatty.py").write_text(CHATTY)
+    env = {**os.environ, "TYPEDMESH_ALLOW_NETWORK": "0"}
+    command = [
+        sys.executable,
+        "-m",
+        "typedmesh.cli",
+        "run",
+        f"{tmp_path}/chatty.py:talker",
+        "-i",
+        "go",
+        "--follow",
+        "--run-id",
+        run_id,
+        "--journal",
+        str(tmp_path / "f.db"),
+    ]
+    return subprocess.Popen(command, env=env, cwd=tmp_path, **streams)  # type: ignore[call-overload]
+
+
+def status_of(tmp_path: Path, run_id: str) -> str:
+    import typedmesh as tm
+
+    with tm.SQLiteJournal(tmp_path / "f.db") as store:
+        return {r.run_id: r.status for r in store.runs()}[run_id]
+
+
+def test_a_reader_that_never_reads_does_not_hold_the_run(tmp_path: Path) -> None:
+    """stderr is a pipe nobody reads: it fills after 64 KB. The run still finishes."""
+    child = chatty_run(tmp_path, "slow", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started = time.monotonic()
+    try:
+        deadline = started + 60
+        while status_of_or_none(tmp_path, "slow") != "finished":
+            assert time.monotonic() < deadline, "the run was held by its unread --follow output"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.communicate(timeout=30)
+
+
+def status_of_or_none(tmp_path: Path, run_id: str) -> str | None:
+    try:
+        return status_of(tmp_path, run_id)
+    except Exception:  # not created yet
+        return None
+
+
+def test_a_reader_that_goes_away_does_not_break_the_run(tmp_path: Path) -> None:
+    """`typedmesh run --follow 2>&1 | head -2`: the pipe closes after two lines."""
+    read, write = os.pipe()
+    child = chatty_run(tmp_path, "gone", stdout=write, stderr=write)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        first = reader.readline() + reader.readline()
+    assert b"run.started" in first  # then the reader is gone: the pipe is closed
+    child.wait(timeout=60)
+    assert status_of(tmp_path, "gone") == "finished"

@@ -1047,7 +1047,7 @@ app.command("session")(session_command)
 
 def main() -> None:
     """Entry point of the ``typedmesh`` console script."""
-    app()
+    app()  # a reader that goes away (`| head`): click exits 1 quietly; the run is journaled
 
 
 if __name__ == "__main__":

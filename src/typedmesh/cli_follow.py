@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import IO, Any
@@ -53,36 +55,62 @@ async def arun_following(
 
 
 class Follower:
-    """Writes stream items as text lines (or JSON lines), flushing each."""
+    """Writes stream items as text lines (or JSON lines), flushing each.
+
+    The writing happens in a thread of its own, so a reader that is slow (a
+    full pipe) never holds the run's event loop, and one that goes away (a
+    closed pipe: ``| head``) only ends the following: the run goes on and is
+    journaled. Past ``MAX_PENDING`` unwritten pieces, model text is dropped
+    and a line says how much; event lines are always kept.
+    """
+
+    MAX_PENDING = 4096
+    FLUSH_S = 5.0
+    """How long ``end`` waits for a slow reader to take what is left."""
 
     def __init__(self, out: IO[str], *, json_lines: bool = False) -> None:
         self.out = out
         self.json_lines = json_lines
         self.started = time.monotonic()
+        self.broken = False
+        """The reader went away: nothing more is written."""
+        self.dropped = 0
+        self._dropped_chars = 0
         self._open_key: str | None = None  # the call whose text is being written
+        self._pending: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     def write(self, item: StreamEvent) -> None:
+        if self.broken:
+            return
         if self.json_lines:
-            self._emit(json.dumps(as_json(item), default=str) + "\n")
+            delta = isinstance(item, TokenDelta | ToolCallDelta)
+            self._emit(json.dumps(as_json(item), default=str) + "\n", delta=delta)
         elif isinstance(item, TokenDelta):
             if self._open_key != item.key:
                 self._close_line()
                 self._emit(f"{'':>8}  {item.path} > ")
                 self._open_key = item.key
-            self._emit(item.text)
+            self._emit(item.text, delta=True)
         elif isinstance(item, ToolCallDelta):
             opened = f"{item.key}#{item.call}"
             if self._open_key != opened:
                 self._close_line()
                 self._emit(f"{'':>8}  {item.path} > {item.tool} ")
                 self._open_key = opened
-            self._emit(item.arguments)
+            self._emit(item.arguments, delta=True)
         else:
             self._close_line()
             self._emit(self.line(item) + "\n")
 
     def end(self) -> None:
+        """Close the last line and let the writer finish (a stalled reader: up to FLUSH_S)."""
         self._close_line()
+        writer = self._writer
+        if writer is not None:
+            self._pending.put(None)
+            writer.join(timeout=self.FLUSH_S)
+            self._writer = None
 
     def line(self, item: StreamEvent) -> str:
         elapsed = f"{time.monotonic() - self.started:7.2f}s"
@@ -99,10 +127,37 @@ class Follower:
         if self._open_key is not None:
             self._open_key = None
             self._emit("\n")
+        if self.dropped and not self.json_lines:
+            self._emit(
+                f"{'':>8}  ({self.dropped} pieces of model text, {self._dropped_chars} "
+                "characters, not shown: the output was read too slowly)\n"
+            )
+            self.dropped = self._dropped_chars = 0
 
-    def _emit(self, text: str) -> None:
-        self.out.write(text)
-        self.out.flush()
+    def _emit(self, text: str, *, delta: bool = False) -> None:
+        if self.broken:
+            return
+        if delta and self._pending.qsize() >= self.MAX_PENDING:
+            self.dropped += 1
+            self._dropped_chars += len(text)
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_out, name="follow", daemon=True)
+            self._writer.start()
+        self._pending.put(text)
+
+    def _write_out(self) -> None:
+        """The writer thread: blocks on the reader, never on the run."""
+        while True:
+            text = self._pending.get()
+            if text is None:
+                return
+            try:
+                self.out.write(text)
+                self.out.flush()
+            except (OSError, ValueError):  # a closed pipe or file: stop following
+                self.broken = True
+                return
 
 
 def summary(item: RunEvent) -> str:
