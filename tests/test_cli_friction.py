@@ -6,8 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
+import typedmesh as tm
 from typedmesh.cli import app
 
 FLOW = textwrap.dedent("""
@@ -135,3 +137,37 @@ def test_the_partial_trace_of_a_failed_run_labels_offline_models(flow_file: Path
     )
     assert result.exit_code == 1, result.output
     assert "offline, priced as gpt-4o" in " ".join(result.output.split())
+
+
+def test_retries_and_escalations_read_as_sentences_in_the_trace() -> None:
+    import io
+
+    from rich.console import Console
+
+    from typedmesh.render import trace_tree
+
+    class Q(BaseModel):
+        text: str
+
+    class A(BaseModel):
+        answer: str
+
+    flaky = tm.ScriptedModel(
+        [
+            tm.TransientModelError("the server is busy", status=503, error_type="server_error"),
+            "not json",
+            {"answer": "ok"},
+        ],
+        name="gpt-4o-mini",
+    )
+    better = tm.ScriptedModel([{"answer": "ok"}], name="gpt-4o")
+    agent = tm.Agent(
+        "a", input=Q, output=A, model=tm.Cascade(flaky, better), retry=tm.RetryPolicy(backoff=0.0)
+    )
+    result = tm.run(agent, {"text": "hi"})
+    console = Console(file=io.StringIO(), width=200)
+    console.print(trace_tree(result.trace))
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "retry 1 of model#0 after server_error (HTTP 503): " in shown
+    assert "escalated gpt-4o-mini -> gpt-4o after a validation failure" in shown
+    assert "{'key'" not in shown  # no raw payload dicts

@@ -119,12 +119,16 @@ def _decorate(branch: Tree, node: TraceNode) -> None:
             branch.add(Text(f"{kind} #{event['attempt']}: " + "; ".join(problems), style="yellow"))
         elif kind in {"tool.result", "tool.error"} and "key" in event:
             branch.add(_tool_call(event))
+        elif kind == "model.retry":
+            branch.add(Text(_retry_line(event), style="yellow"))
+        elif kind == "model.escalated":
+            to = f"{event.get('from_model')} -> {event.get('to_model')}"
+            branch.add(Text(f"escalated {to} after a {event.get('reason')} failure", style="cyan"))
         elif kind in {
             "tool.denied",
             "tool.error",
             "tool.unknown",
             "tool.invalid_arguments",
-            "model.retry",
             "tool.in_doubt",
         }:
             detail = {k: v for k, v in event.items() if k != "event"}
@@ -152,6 +156,16 @@ def _decorate(branch: Tree, node: TraceNode) -> None:
         branch.add(outcome)
     if node.error:
         branch.add(Text(f"error: {node.error}", style="red"))
+
+
+def _retry_line(event: Mapping[str, Any]) -> str:
+    """``retry 1 of model#0 after a timeout: ...; again in 0.5 s``."""
+    what = event.get("error_type") or "error"
+    status = f" (HTTP {event['status']})" if event.get("status") else ""
+    after = f"; again in {event['delay_s']:g} s" if event.get("delay_s") is not None else ""
+    key = str(event.get("key", "")).rpartition("/")[2]
+    attempt = event.get("attempt", "?")
+    return f"retry {attempt} of {key} after {what}{status}: {event.get('error', '')}{after}"
 
 
 def _short(value: Any, width: int = 24) -> str:
