@@ -517,9 +517,12 @@ class _Batch:
         while True:
             head = store.head(work.run_id)
             if not lease_live(head.owner, head.expires_at, now()):
-                ended = store.read(work.run_id)[-1].type in _RUN_ENDS
-                if ended:
-                    return self.summarize(item)
+                try:
+                    events = store.read(work.run_id)
+                except RunNotFound:  # registered, no event yet: its worker died at once
+                    events = []
+                if events and events[-1].type in _RUN_ENDS:
+                    return self.summarize(item, events)
                 work = _Work(work.entry, work.validated, work.run_id, exists=True)
                 return await self.run_item(work)  # its worker is gone: finish it here
             await asyncio.sleep(delay)
