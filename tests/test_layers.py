@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "typedmesh.validation",
         "typedmesh.decoding",
         "typedmesh._version",
+        "typedmesh._sqlite",
     ),
     ("typedmesh.journal", "typedmesh.models", "typedmesh.state"),
     ("typedmesh.runtime",),

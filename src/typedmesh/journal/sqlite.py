@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from .._sqlite import open_when_free
 from ..errors import JournalCorrupt, JournalError, RunNotFound, VersionMismatch
 from .base import (
     DEFAULT_LEASE_TTL,
@@ -115,14 +116,23 @@ class SQLiteJournal(Journal):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise JournalError(f"cannot create journal {self.path}: {exc}") from exc
-        db: sqlite3.Connection | None = None
         try:
-            if readonly:
-                db = self._db = _connect_readonly(self.path)
-            else:
-                db = self._db = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False
-                )
+            open_when_free(self._open, timeout_s=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.OperationalError as exc:
+            raise JournalError(f"cannot open the journal at {self.path}: {_explain(exc)}") from exc
+        except sqlite3.DatabaseError as exc:  # a refused file (corrupt) keeps no connection
+            raise JournalCorrupt(f"{self.path} is not a readable typedmesh journal: {exc}") from exc
+
+    def _open(self) -> None:
+        """Connect, set the connection up and migrate the schema; on failure, keep nothing."""
+        if self.readonly:
+            db = self._db = _connect_readonly(self.path)
+        else:
+            db = self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+        try:
+            if not self.readonly:
                 db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 self._check_version(self._stored_version())  # before WAL touches the file
                 db.execute("PRAGMA journal_mode=WAL")
@@ -131,17 +141,9 @@ class SQLiteJournal(Journal):
                 # is a WAL append; "full" still fsyncs each one
                 db.execute("PRAGMA wal_autocheckpoint=10000")
             self._migrate()
-        except BaseException as exc:
-            if db is not None:  # a refused file (newer schema, corrupt) keeps no connection
-                db.close()
-            if isinstance(exc, sqlite3.OperationalError):
-                raise JournalError(
-                    f"cannot open the journal at {self.path}: {_explain(exc)}"
-                ) from exc
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise JournalCorrupt(
-                    f"{self.path} is not a readable typedmesh journal: {exc}"
-                ) from exc
+        except BaseException:
+            del self._db
+            db.close()
             raise
 
     def _migrate(self) -> None:

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from .._sqlite import open_when_free
 from ..errors import StaleVersion, StateUnavailable
 from .base import StateRecord, StateStore, Writer
 
@@ -137,6 +138,16 @@ class SQLiteStateStore(StateStore):
     # -- connection ----------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        try:
+            return open_when_free(self._connect_once, timeout_s=self.busy_timeout)
+        except sqlite3.Error as exc:
+            raise StateUnavailable(
+                f"cannot open the state store at {self.path}: {_explain(exc)}",
+                store=self.url,
+            ) from exc
+
+    def _connect_once(self) -> sqlite3.Connection:
+        """Connect, set the connection up and migrate; on failure, keep nothing open."""
         db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(
@@ -153,14 +164,9 @@ class SQLiteStateStore(StateStore):
             # journal does: a commit stays one WAL append
             db.execute("PRAGMA wal_autocheckpoint=10000")
             self._migrate(db, before_wal=False)
-        except BaseException as exc:
+        except BaseException:
             if db is not None:  # a refused file keeps no connection
                 db.close()
-            if isinstance(exc, sqlite3.Error):
-                raise StateUnavailable(
-                    f"cannot open the state store at {self.path}: {_explain(exc)}",
-                    store=self.url,
-                ) from exc
             raise
         return db
 
