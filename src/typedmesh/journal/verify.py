@@ -136,6 +136,21 @@ def read_with_head(journal: Journal, run_id: str, *, tries: int = 10) -> tuple[H
     return head, events
 
 
+def read_verified(journal: Journal, run_id: str) -> list[Event]:
+    """A run's events, refused (``JournalCorrupt``) unless chain, blobs, anchored head
+    and signature check out: what anything that acts on a journal reads."""
+    head, events = read_with_head(journal, run_id)  # RunNotFound: never registered
+    report = verify_events(run_id, events, journal, head, key=journal_key())
+    if not report.ok:
+        raise JournalCorrupt(
+            f"run {run_id!r} fails verification at event {report.bad_seq} "
+            f"({report.bad_type}): {report.reason}",
+            run_id=run_id,
+            seq=report.bad_seq,
+        )
+    return events
+
+
 def verify_run(journal: Journal, run_id: str) -> VerifyReport:
     """Verify one run of a journal: chain, blobs, anchored head and its signature."""
     head, events = read_with_head(journal, run_id)  # RunNotFound when there is no such run

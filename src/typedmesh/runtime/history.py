@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import JournalCorrupt, RunNotFound
-from ..journal.verify import load_payload
+from ..journal.verify import load_payload, read_verified
 from ..models.base import Message
 
 if TYPE_CHECKING:
@@ -119,9 +119,12 @@ def _json(data: dict[str, Any]) -> str:
 
 
 def turn_of(store: Journal, run_id: str) -> tuple[dict[str, Any], Turn | None, str]:
-    """A turn run's ``session`` record, the turn (None unless it finished) and its status."""
+    """A turn run's ``session`` record, the turn (None unless it finished) and its status.
+
+    The run is verified first: a later turn is shown only history the journal vouches for.
+    """
     try:
-        events = store.read(run_id)
+        events = read_verified(store, run_id)
     except RunNotFound:
         events = []
     if not events or events[0].type != "run.started":
@@ -142,8 +145,8 @@ def turn_of(store: Journal, run_id: str) -> tuple[dict[str, Any], Turn | None, s
 
 
 def summary_of(store: Journal, run_id: str) -> str:
-    """The summary a finished summary run produced."""
-    events = store.read(run_id)
+    """The summary a finished summary run produced (verified, like a turn)."""
+    events = read_verified(store, run_id)
     last = events[-1]
     if last.type != "run.finished":
         raise JournalCorrupt(f"summary run {run_id!r} did not finish", run_id=run_id)

@@ -18,11 +18,10 @@ from ..errors import (
 )
 from ..handoff import handoff_problems
 from ..journal import DEFAULT_JOURNAL, open_journal
-from ..journal.anchor import journal_key
 from ..journal.base import DEFAULT_LEASE_TTL, Journal, new_owner
 from ..journal.events import Event, canonical_json, digest
 from ..journal.sqlite import Durability
-from ..journal.verify import load_payload, read_with_head, verify_events
+from ..journal.verify import load_payload, read_verified
 from ..journal.writer import JournalSink
 from ..models.base import ModelSettings
 from ..state import StateStore, open_store
@@ -70,15 +69,7 @@ class ReplayResult(Generic[Out]):
 
 def verified_events(store: Journal, run_id: str) -> list[Event]:
     """A run's events, refused unless chain, blobs, anchored head and signature check out."""
-    head, events = read_with_head(store, run_id)  # RunNotFound: the run was never registered
-    report = verify_events(run_id, events, store, head, key=journal_key())
-    if not report.ok:
-        raise JournalCorrupt(
-            f"run {run_id!r} fails verification at event {report.bad_seq} "
-            f"({report.bad_type}): {report.reason}",
-            run_id=run_id,
-            seq=report.bad_seq,
-        )
+    events = read_verified(store, run_id)  # RunNotFound: the run was never registered
     if events[0].type != "run.started":
         raise JournalCorrupt(f"run {run_id!r} does not begin with run.started", run_id=run_id)
     return events
