@@ -128,6 +128,25 @@ def lines_of(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def batch_command(flow_file: Path, file: Path, batch_id: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "typedmesh.cli",
+        "batch",
+        f"{flow_file}:flow",
+        "--inputs",
+        str(file),
+        "--batch-id",
+        batch_id,
+        "--concurrency",
+        "2",
+        "--journal",
+        "runs.db",
+        "--json",
+    ]
+
+
 def test_batch_prints_a_report_and_exits_0_when_every_item_is_ok(
     tmp_path: Path, flow_file: Path
 ) -> None:
@@ -223,21 +242,7 @@ def test_a_batch_killed_midway_resumes_with_every_item_finished_once(
     tmp_path: Path, flow_file: Path
 ) -> None:
     file = inputs(tmp_path, *orders(*ORDERS))
-    command = [
-        sys.executable,
-        "-m",
-        "typedmesh.cli",
-        "batch",
-        f"{flow_file}:flow",
-        "--inputs",
-        str(file),
-        "--batch-id",
-        "kill",
-        "--concurrency",
-        "2",
-        "--journal",
-        "runs.db",
-    ]
+    command = batch_command(flow_file, file, "kill")
     child = subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
@@ -260,9 +265,7 @@ def test_a_batch_killed_midway_resumes_with_every_item_finished_once(
         }
     assert finished_before and "kill-00004" not in finished_before
 
-    again = subprocess.run(
-        [*command, "--json"], capture_output=True, text=True, timeout=120, env=env(tmp_path)
-    )
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env(tmp_path))
     assert again.returncode == 0, again.stdout + again.stderr
     report = json.loads(again.stdout)
     assert report["counts"]["ok"] == len(ORDERS)
@@ -332,25 +335,6 @@ def test_resume_of_one_item_by_run_id_finds_the_flow(tmp_path: Path, flow_file: 
 
 
 # -- one batch, several processes ------------------------------------------------------
-
-
-def batch_command(flow_file: Path, file: Path, batch_id: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "typedmesh.cli",
-        "batch",
-        f"{flow_file}:flow",
-        "--inputs",
-        str(file),
-        "--batch-id",
-        batch_id,
-        "--concurrency",
-        "2",
-        "--journal",
-        "runs.db",
-        "--json",
-    ]
 
 
 def test_two_processes_on_one_batch_share_it_and_each_item_runs_once(

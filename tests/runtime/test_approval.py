@@ -307,6 +307,20 @@ def test_requires_approval_takes_a_bool_or_a_predicate() -> None:
     assert always.needs_approval(args) and "requires_approval" in repr(always)
 
 
+def waiting_refund(tmp_path: Path, desk: ModuleType, run_id: str, order: str, amount: int) -> Path:
+    """A run of the desk waiting for approval of one refund; its journal's path."""
+    journal = tmp_path / "runs.db"
+    with pytest.raises(tm.RunWaiting):
+        tm.run(
+            desk.flow,
+            {"order_id": order, "amounts": [amount]},
+            journal=journal,
+            run_id=run_id,
+            grant={"payments:refund"},
+        )
+    return journal
+
+
 def _race_to_decide(
     barrier: Any, journal: str, n: int, results: Any
 ) -> None:  # pragma: no cover - runs in a spawned process
@@ -325,15 +339,7 @@ def test_approvers_racing_on_one_call_record_exactly_one_decision(
     decision is recorded; every other approver is told who decided, none sees a lease."""
     import multiprocessing
 
-    journal = tmp_path / "runs.db"
-    with pytest.raises(tm.RunWaiting):
-        tm.run(
-            desk.flow,
-            {"order_id": "Z9", "amounts": [500]},
-            journal=journal,
-            run_id="race",
-            grant={"payments:refund"},
-        )
+    journal = waiting_refund(tmp_path, desk, "race", "Z9", 500)
     spawn = multiprocessing.get_context("spawn")
     barrier, results = spawn.Barrier(8), spawn.Queue()
     workers = [
@@ -368,15 +374,7 @@ def test_a_reader_is_not_fooled_by_an_append_between_its_two_reads(
 ) -> None:
     """Reading a run is two reads (its head, its events). Another process appending
     between them once made an honest journal look altered (JournalCorrupt)."""
-    journal = tmp_path / "runs.db"
-    with pytest.raises(tm.RunWaiting):
-        tm.run(
-            desk.flow,
-            {"order_id": "Q1", "amounts": [700]},
-            journal=journal,
-            run_id="q1",
-            grant={"payments:refund"},
-        )
+    journal = waiting_refund(tmp_path, desk, "q1", "Q1", 700)
     store = tm.SQLiteJournal(journal)
     read_events = store.read
     appended: list[str] = []
